@@ -1,0 +1,2 @@
+//! The packet layer on the service address: NFQUEUE capture, VIP and
+//! gratuitous ARP.

@@ -1,0 +1,1 @@
+//! AF_PACKET sockets (gratuitous ARP); built by the TCP takeover work.

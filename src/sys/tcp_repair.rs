@@ -1,0 +1,1 @@
+//! TCP_REPAIR socket options; built by the TCP takeover work.

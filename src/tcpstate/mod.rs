@@ -1,0 +1,1 @@
+//! Passive TCP connection tracking and TCP_REPAIR socket building.
