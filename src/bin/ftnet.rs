@@ -1,1 +1,157 @@
-fn main() {}
+//! The `ftnet` command line.
+
+use clap::{Parser, Subcommand};
+use ftnet::replica::engine::{EngineError, Options};
+use ftnet::replica::launch;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "ftnet", version, about = "Transparent failover for unmodified Linux TCP servers")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run CMD under recording: every nondeterministic input it receives
+    /// (time, randomness, client bytes, accepts, readiness, signals, host
+    /// facts) and the order its threads run in go to the log; its outputs go
+    /// there as digests. Exits with CMD's status (128+N if killed by signal
+    /// N). SIGINT or SIGTERM stops CMD with SIGTERM at a recorded point and
+    /// finishes the log.
+    ///
+    /// The log holds every input byte, enough to derive the replica's TLS
+    /// session keys: it is created mode 0600; treat it as a secret.
+    Record {
+        /// Where to write the log.
+        #[arg(long, value_name = "PATH")]
+        log: PathBuf,
+        /// A directory CMD writes (repeatable): snapshotted before CMD
+        /// starts, so a replay on this host runs over a private copy.
+        #[arg(long, value_name = "DIR")]
+        state: Vec<PathBuf>,
+        /// The CPU the replica tree and the supervisor are pinned to.
+        #[arg(long, default_value_t = 0)]
+        cpu: usize,
+        /// The command to run, after `--`.
+        #[arg(required = true, last = true, value_name = "CMD")]
+        cmd: Vec<std::ffi::OsString>,
+    },
+    /// Re-run a recorded command with the recorded inputs and check that
+    /// every output matches. Exit 0: the whole log was replayed and matched.
+    /// Exit 3: divergence (a report on stderr names the process, thread,
+    /// syscall, fd, offset and the differing bytes). Exit 1: any other error.
+    Replay {
+        /// The log written by `ftnet record`.
+        #[arg(long, value_name = "PATH")]
+        log: PathBuf,
+        /// The CPU the replica tree and the supervisor are pinned to.
+        #[arg(long, default_value_t = 0)]
+        cpu: usize,
+        /// How long to wait for the replica to reach the next logged event
+        /// before declaring it stalled (a divergence).
+        #[arg(long, default_value = "30", value_name = "SECONDS")]
+        stall: u64,
+    },
+    /// Print a log's header and events, one per line (for debugging; the
+    /// output contains the recorded input bytes, which are secrets).
+    Dump {
+        /// The log written by `ftnet record`.
+        #[arg(long, value_name = "PATH")]
+        log: PathBuf,
+    },
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("FTNET_LOG").unwrap_or_else(|_| "info".into()))
+        .with_target(false)
+        .init();
+    let cli = Cli::parse();
+    let code = match cli.cmd {
+        Cmd::Record { log, state, cpu, cmd } => {
+            let r = launch::record(launch::RecordArgs { log, state, cmd, cpu: Some(cpu), opts: Options::default() });
+            match r {
+                Ok(s) => {
+                    summary("record", &s);
+                    s.status
+                }
+                Err(e) => fail(e),
+            }
+        }
+        Cmd::Replay { log, cpu, stall } => {
+            let opts = Options { stall: Duration::from_secs(stall), ..Options::default() };
+            match launch::replay(launch::ReplayArgs { log, cpu: Some(cpu), opts }) {
+                Ok(s) => {
+                    summary("replay", &s);
+                    eprintln!("ftnet replay: the whole log was replayed and every output matched");
+                    0
+                }
+                Err(e) => fail(e),
+            }
+        }
+        Cmd::Dump { log } => match dump(&log) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("ftnet: {e}");
+                1
+            }
+        },
+    };
+    std::process::exit(code);
+}
+
+fn dump(path: &std::path::Path) -> Result<(), ftnet::replica::log::LogError> {
+    use ftnet::replica::log::{Event, Frame, LogError, Reader};
+    let f = std::fs::File::open(path).map_err(|source| LogError::Io { path: path.display().to_string(), source })?;
+    let mut r = Reader::new(std::io::BufReader::new(f))?;
+    let mut calls = 0u64;
+    while let Some(frame) = r.next_frame()? {
+        match frame {
+            Frame::Header(h) => println!(
+                "header: exe {} argv {:?}",
+                String::from_utf8_lossy(&h.exe),
+                h.argv.iter().map(|a| String::from_utf8_lossy(a).into_owned()).collect::<Vec<_>>()
+            ),
+            Frame::State(e) => println!("state: dir {} {}", e.dir, String::from_utf8_lossy(&e.path)),
+            Frame::Event(Event::Call(c)) => {
+                let mem: Vec<String> = c.mem.iter().map(|m| format!("{:#x}+{}", m.addr, m.bytes.len())).collect();
+                println!(
+                    "#{calls} thread {} {} {:?} mem {:?} check {:?}",
+                    c.tid,
+                    ftnet::replica::table::name(c.nr as u32),
+                    c.answer,
+                    mem,
+                    c.check.map(|k| (k.kind, k.offset, k.digest.len))
+                );
+                calls += 1;
+            }
+            Frame::Event(e) => println!("{e:?}"),
+        }
+    }
+    Ok(())
+}
+
+fn summary(what: &str, s: &launch::Summary) {
+    tracing::info!(
+        "{what}: status {}, {} intercepted calls ({} native), {} hand-overs, {} signals, {} rdtsc, {} log events, {} log bytes, supervisor {:.1} ms",
+        s.status,
+        s.stats.calls,
+        s.stats.continued,
+        s.stats.switches,
+        s.stats.signals,
+        s.stats.rdtsc,
+        s.log_events,
+        s.log_bytes,
+        s.stats.supervisor_ns as f64 / 1e6
+    );
+}
+
+fn fail(e: EngineError) -> i32 {
+    let code = e.exit_code();
+    eprintln!("ftnet: {e}");
+    code
+}

@@ -10,7 +10,7 @@
 //! 8-bit offsets; an oversize program is an error, never a truncated filter.
 
 use super::table::{Class, TABLE};
-use crate::sys::seccomp::{SockFilter, RET_ALLOW, RET_USER_NOTIF};
+use crate::sys::seccomp::{RET_ALLOW, RET_USER_NOTIF, SockFilter};
 
 const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
 const X32_SYSCALL_BIT: u32 = 0x4000_0000;

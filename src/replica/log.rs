@@ -143,23 +143,51 @@ pub enum Exit {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Event {
     /// The token passes to thread `to`.
-    Switch { to: Vid },
+    Switch {
+        to: Vid,
+    },
     Call(Call),
     /// A new thread or process `child` was created by `parent`; `nspid` is
     /// its id inside the replica's PID namespace.
-    Spawn { parent: Vid, child: Vid, nspid: i32, thread: bool },
+    Spawn {
+        parent: Vid,
+        child: Vid,
+        nspid: i32,
+        thread: bool,
+    },
     /// `sig` is made pending on `tid` just before its current call is answered.
-    Inject { tid: Vid, sig: i32 },
+    Inject {
+        tid: Vid,
+        sig: i32,
+    },
     /// `tid` takes signal `sig` with this 128-byte siginfo.
-    Deliver { tid: Vid, sig: i32, info: Vec<u8> },
+    Deliver {
+        tid: Vid,
+        sig: i32,
+        info: Vec<u8>,
+    },
     /// `tid` executed rdtsc (`aux: None`) or rdtscp.
-    Rdtsc { tid: Vid, tsc: u64, aux: Option<u32> },
+    Rdtsc {
+        tid: Vid,
+        tsc: u64,
+        aux: Option<u32>,
+    },
     /// `tid` completed an execve; `random` is the AT_RANDOM block it got.
-    Exec { tid: Vid, exe: Vec<u8>, digest: [u8; 32], random: [u8; 16] },
+    Exec {
+        tid: Vid,
+        exe: Vec<u8>,
+        digest: [u8; 32],
+        random: [u8; 16],
+    },
     /// The token holder `tid` ended.
-    Exited { tid: Vid, how: Exit },
+    Exited {
+        tid: Vid,
+        how: Exit,
+    },
     /// The replica tree is gone; `status` is what `ftnet record` exited with.
-    End { status: i32 },
+    End {
+        status: i32,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -212,6 +240,15 @@ pub trait Sink {
     fn flush(&mut self) -> Result<(), LogError>;
 }
 
+impl Sink for Box<dyn Sink> {
+    fn put(&mut self, kind: FrameKind, body: &[u8]) -> Result<(), LogError> {
+        (**self).put(kind, body)
+    }
+    fn flush(&mut self) -> Result<(), LogError> {
+        (**self).flush()
+    }
+}
+
 /// A log file, created mode 0600 (it holds every input byte, enough to derive
 /// the replica's TLS keys).
 pub struct FileSink {
@@ -224,7 +261,8 @@ impl FileSink {
         use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
         let name = path.display().to_string();
         let io = |source| LogError::Io { path: name.clone(), source };
-        let f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path).map_err(io)?;
+        let f =
+            std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path).map_err(io)?;
         // An existing file keeps its old mode on open: force 0600.
         f.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(io)?;
         let mut out = std::io::BufWriter::with_capacity(1 << 20, f);
@@ -267,7 +305,10 @@ impl<S: Sink> Writer<S> {
     }
     fn put(&mut self, kind: FrameKind, body: &[u8]) -> Result<(), LogError> {
         if body.len() > MAX_FRAME {
-            return Err(LogError::Corrupt { offset: self.bytes, what: format!("record of {} bytes exceeds {MAX_FRAME}", body.len()) });
+            return Err(LogError::Corrupt {
+                offset: self.bytes,
+                what: format!("record of {} bytes exceeds {MAX_FRAME}", body.len()),
+            });
         }
         self.bytes += 9 + body.len() as u64;
         self.sink.put(kind, body)
@@ -293,7 +334,21 @@ impl<R: Read> Reader<R> {
     /// Checks the preamble.
     pub fn new(mut input: R) -> Result<Reader<R>, LogError> {
         let mut p = [0u8; 12];
-        read_exact(&mut input, &mut p, 0, "preamble")?;
+        let mut got = 0;
+        while got < p.len() {
+            match input.read(&mut p[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(LogError::Corrupt { offset: 0, what: e.to_string() }),
+            }
+        }
+        if p[..got.min(8)] != MAGIC[..got.min(8)] {
+            return Err(LogError::BadMagic);
+        }
+        if got < p.len() {
+            return Err(LogError::Truncated { offset: 0, what: format!("preamble cut after {got} of 12 bytes") });
+        }
         if &p[..8] != MAGIC {
             return Err(LogError::BadMagic);
         }
@@ -324,12 +379,16 @@ impl<R: Read> Reader<R> {
         let mut h = [0u8; 9];
         let mut got = 0;
         while got < h.len() {
-            let n = self.input.read(&mut h[got..]).map_err(|e| LogError::Corrupt { offset: at, what: e.to_string() })?;
+            let n =
+                self.input.read(&mut h[got..]).map_err(|e| LogError::Corrupt { offset: at, what: e.to_string() })?;
             if n == 0 {
                 if got == 0 {
                     return Ok(None);
                 }
-                return Err(LogError::Truncated { offset: at, what: format!("frame header cut after {got} of 9 bytes") });
+                return Err(LogError::Truncated {
+                    offset: at,
+                    what: format!("frame header cut after {got} of 9 bytes"),
+                });
             }
             got += n;
         }
@@ -368,7 +427,10 @@ fn read_exact<R: Read>(r: &mut R, buf: &mut [u8], at: u64, what: &str) -> Result
     while got < buf.len() {
         match r.read(&mut buf[got..]) {
             Ok(0) => {
-                return Err(LogError::Truncated { offset: at, what: format!("{what} cut after {got} of {} bytes", buf.len()) });
+                return Err(LogError::Truncated {
+                    offset: at,
+                    what: format!("{what} cut after {got} of {} bytes", buf.len()),
+                });
             }
             Ok(n) => got += n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}

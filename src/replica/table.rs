@@ -120,7 +120,7 @@ table! {
     59 execve Execute "followed through the ptrace exec event: auxv rewritten, binary digested";
     60 exit Execute "a thread exit is seen through ptrace";
     61 wait4 Intercept "blocks until a child exits; emulated so a waiting thread never holds the token";
-    62 kill Execute "only processes of the replica's own PID namespace can be named";
+    62 kill Intercept "runs natively; the target is then checked for a signal that must interrupt a blocked call";
     63 uname Record "host name and kernel release differ between hosts";
     64 semget Execute "System V IPC lives in the replica's own IPC namespace";
     65 semop Refuse "can block inside the kernel while holding the token; not supported";
@@ -187,7 +187,7 @@ table! {
     126 capset Execute "credentials are the replica's own";
     127 rt_sigpending Record "pending signals may come from outside the tree";
     128 rt_sigtimedwait Refuse "dequeues signals the supervisor cannot see; not supported";
-    129 rt_sigqueueinfo Execute "only processes of the replica's own PID namespace can be named";
+    129 rt_sigqueueinfo Intercept "runs natively; the target is then checked for a signal that must interrupt a blocked call";
     130 rt_sigsuspend Intercept "waits for a signal, which only the supervisor delivers";
     131 sigaltstack Execute "the replica's own state";
     132 utime Execute "files are changed on both nodes";
@@ -258,7 +258,7 @@ table! {
     197 removexattr Execute "files are changed on both nodes";
     198 lremovexattr Execute "files are changed on both nodes";
     199 fremovexattr Execute "files are changed on both nodes";
-    200 tkill Execute "only threads of the replica's own PID namespace can be named";
+    200 tkill Intercept "runs natively; the target is then checked for a signal that must interrupt a blocked call";
     201 time Record "time is an input";
     202 futex Intercept "waits are emulated so a waiting thread never holds the token";
     203 sched_setaffinity Record "the tree stays pinned to one CPU; the answer comes from the primary";
@@ -292,7 +292,7 @@ table! {
     231 exit_group Intercept "the supervisor waits for every thread of the process to go";
     232 epoll_wait Record "readiness is an input";
     233 epoll_ctl Execute "registrations are real on both nodes";
-    234 tgkill Execute "only threads of the replica's own PID namespace can be named";
+    234 tgkill Intercept "runs natively; the target is then checked for a signal that must interrupt a blocked call";
     235 utimes Execute "files are changed on both nodes";
     236 vserver Refuse "not implemented by Linux";
     237 mbind Execute "the replica's own memory policy";
@@ -355,7 +355,7 @@ table! {
     294 inotify_init1 Execute "events read from it are recorded";
     295 preadv ByFd "as pread64";
     296 pwritev ByFd "as pwrite64";
-    297 rt_tgsigqueueinfo Execute "only threads of the replica's own PID namespace can be named";
+    297 rt_tgsigqueueinfo Intercept "runs natively; the target is then checked for a signal that must interrupt a blocked call";
     298 perf_event_open Refuse "performance counters are host state";
     299 recvmmsg ByFd "as read: boundary input recorded, file reads verified";
     300 fanotify_init Refuse "watches the host's files";
@@ -393,7 +393,7 @@ table! {
     332 statx Record "inode, device and times differ between hosts";
     333 io_pgetevents Enosys "Linux AIO completes I/O outside syscall boundaries";
     334 rseq Enosys "the kernel writes the CPU number into user memory at preemption";
-    424 pidfd_send_signal Execute "only processes of the replica's own PID namespace can be named";
+    424 pidfd_send_signal Intercept "runs natively; the target is then checked for a signal that must interrupt a blocked call";
     425 io_uring_setup Enosys "io_uring performs I/O outside syscall boundaries";
     426 io_uring_enter Enosys "io_uring performs I/O outside syscall boundaries";
     427 io_uring_register Enosys "io_uring performs I/O outside syscall boundaries";

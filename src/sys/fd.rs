@@ -4,7 +4,7 @@
 //! Every function takes a borrowed fd and returns a [`Result`] naming the
 //! call; buffers are plain slices, so no wrapper can write out of bounds.
 
-use super::{check, Errno, Result, SysError};
+use super::{Errno, Result, SysError, check};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 fn owned(fd: libc::c_long) -> OwnedFd {
@@ -329,4 +329,9 @@ pub fn pod_bytes<T: Copy>(v: &T) -> Vec<u8> {
     // SAFETY: `T: Copy` values used here are kernel structs without padding
     // invariants; reading their bytes is always defined for initialised values.
     unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()).to_vec() }
+}
+
+/// Takes ownership of a descriptor a raw syscall just returned.
+pub fn own(fd: i32) -> OwnedFd {
+    owned(fd as libc::c_long)
 }

@@ -6,7 +6,7 @@
 //! before the replica's close, dup2/dup3, close_range, exec or exit completes,
 //! or the file stays alive (no FIN, stale epoll items).
 
-use super::{check, Result};
+use super::{Result, check};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 /// A pidfd for process (or thread, with PIDFD_THREAD) `pid`.

@@ -4,7 +4,7 @@
 //! Invariant: every call here must come from the thread that seized the
 //! tracee (the kernel enforces it; the supervisor runs one tracer thread).
 
-use super::{check, Result};
+use super::{Result, check};
 
 pub const OPTIONS: i64 = (libc::PTRACE_O_TRACEFORK
     | libc::PTRACE_O_TRACEVFORK

@@ -5,7 +5,7 @@
 //! kernel for its sizes at start so a mismatch fails loudly instead of
 //! corrupting a notification.
 
-use super::{check, Errno, Result, SysError};
+use super::{Errno, Result, SysError, check};
 use std::os::fd::{AsRawFd, BorrowedFd};
 
 pub const RET_KILL_PROCESS: u32 = 0x8000_0000;
@@ -30,7 +30,7 @@ const IOCTL_NOTIF_SET_FLAGS: u64 = 0x4008_2104;
 
 /// `struct seccomp_data`.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SeccompData {
     pub nr: i32,
     pub arch: u32,
@@ -40,7 +40,7 @@ pub struct SeccompData {
 
 /// `struct seccomp_notif`.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Notif {
     pub id: u64,
     pub pid: u32,
@@ -95,7 +95,10 @@ pub fn check_sizes() -> Result<()> {
     if (s.seccomp_notif as usize, s.seccomp_notif_resp as usize, s.seccomp_data as usize) != ours {
         return Err(SysError::new(
             "seccomp",
-            format!("kernel notification sizes {}/{}/{} differ from ftnet's {ours:?}", s.seccomp_notif, s.seccomp_notif_resp, s.seccomp_data),
+            format!(
+                "kernel notification sizes {}/{}/{} differ from ftnet's {ours:?}",
+                s.seccomp_notif, s.seccomp_notif_resp, s.seccomp_data
+            ),
             Errno(libc::EINVAL),
         ));
     }
@@ -163,7 +166,14 @@ pub fn id_valid(listener: BorrowedFd, id: u64) -> bool {
 /// Installs `src` in the target of notification `id`. With `at`, the fd gets
 /// exactly that number; with `send`, the notified call completes atomically
 /// returning the new fd number. Returns the number the target got.
-pub fn addfd(listener: BorrowedFd, id: u64, src: BorrowedFd, at: Option<i32>, cloexec: bool, send: bool) -> std::result::Result<i32, Errno> {
+pub fn addfd(
+    listener: BorrowedFd,
+    id: u64,
+    src: BorrowedFd,
+    at: Option<i32>,
+    cloexec: bool,
+    send: bool,
+) -> std::result::Result<i32, Errno> {
     let mut flags = 0;
     if at.is_some() {
         flags |= ADDFD_FLAG_SETFD;

@@ -7,7 +7,7 @@
 //!                                             └──▶ replica (pid 2): personality,
 //!                                                  TSC trap, CPU pin, rlimits, umask,
 //!                                                  cwd, seccomp filter (listener = fd 3),
-//!                                                  SIGSTOP, execve
+//!                                                  int3 (SIGTRAP stop), execve
 //! ```
 //!
 //! Invariants:
@@ -18,8 +18,8 @@
 //! - any failure in a child is reported on fd 2 with a fixed message naming the
 //!   step, and the child exits 126 (127 when `execve` fails).
 
-use super::seccomp::{SockFilter, FILTER_FLAG_NEW_LISTENER, FILTER_FLAG_WAIT_KILLABLE_RECV};
-use super::{check, Result};
+use super::seccomp::{FILTER_FLAG_NEW_LISTENER, FILTER_FLAG_WAIT_KILLABLE_RECV, SockFilter};
+use super::{Result, check};
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd};
 
@@ -57,7 +57,8 @@ pub struct Spec<'a> {
 }
 
 fn cstr(b: &[u8], what: &str) -> Result<CString> {
-    CString::new(b.to_vec()).map_err(|_| super::SysError::new("spawn", format!("{what} contains a NUL byte"), super::Errno(libc::EINVAL)))
+    CString::new(b.to_vec())
+        .map_err(|_| super::SysError::new("spawn", format!("{what} contains a NUL byte"), super::Errno(libc::EINVAL)))
 }
 
 impl Plan {
@@ -81,7 +82,11 @@ impl Plan {
             env_ptrs,
             cwd: cstr(spec.cwd, "working directory")?,
             cpu: spec.cpu,
-            rlimits: spec.rlimits.iter().map(|&(r, cur, max)| (r, libc::rlimit { rlim_cur: cur, rlim_max: max })).collect(),
+            rlimits: spec
+                .rlimits
+                .iter()
+                .map(|&(r, cur, max)| (r, libc::rlimit { rlim_cur: cur, rlim_max: max }))
+                .collect(),
             umask: spec.umask,
             binds,
             filter: spec.filter,
@@ -143,7 +148,14 @@ fn init_main(plan: &Plan) -> ! {
         if libc::mount(none, c"/".as_ptr(), none, libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()) != 0 {
             die(b"ftnet init: making mounts private failed\n", 126);
         }
-        if libc::mount(c"proc".as_ptr(), c"/proc".as_ptr(), c"proc".as_ptr(), libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, std::ptr::null()) != 0 {
+        if libc::mount(
+            c"proc".as_ptr(),
+            c"/proc".as_ptr(),
+            c"proc".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            std::ptr::null(),
+        ) != 0
+        {
             die(b"ftnet init: mounting /proc failed\n", 126);
         }
         for (src, dst) in &plan.binds {
@@ -210,17 +222,33 @@ fn replica_main(plan: &Plan) -> ! {
         if libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) != 0 {
             die(b"ftnet: close_range failed\n", 126);
         }
-        let prog = libc::sock_fprog { len: plan.filter.len() as u16, filter: plan.filter.as_ptr() as *mut libc::sock_filter };
+        let prog =
+            libc::sock_fprog { len: plan.filter.len() as u16, filter: plan.filter.as_ptr() as *mut libc::sock_filter };
         let flags = FILTER_FLAG_NEW_LISTENER | FILTER_FLAG_WAIT_KILLABLE_RECV;
-        let fd = libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, flags, &prog as *const libc::sock_fprog);
+        let fd =
+            libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, flags, &prog as *const libc::sock_fprog);
         if fd != LISTENER_FD as libc::c_long {
             die(b"ftnet: installing the seccomp filter failed\n", 126);
         }
-        // The supervisor takes the listener (fd 3) while we are stopped here.
-        libc::kill(libc::getpid(), libc::SIGSTOP);
+        // Stop without a system call (every call may now be intercepted, and
+        // nobody listens yet): int3 raises SIGTRAP, and the supervisor takes
+        // the listener (fd 3) at its delivery stop and suppresses it.
+        std::arch::asm!("int3");
         let _ = &plan.argv;
         let _ = &plan.env;
         libc::execve(plan.exe.as_ptr(), plan.argv_ptrs.as_ptr(), plan.env_ptrs.as_ptr());
         die(b"ftnet: execve of the replica's command failed\n", 127)
     }
+}
+
+/// `getrlimit(resource)`; false when the resource is unknown.
+pub fn getrlimit(resource: i32, out: &mut libc::rlimit) -> bool {
+    // SAFETY: `out` is a valid rlimit to fill.
+    unsafe { libc::getrlimit(resource as _, out) == 0 }
+}
+
+/// Whether the process runs with uid 0.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no failure mode and no pointers.
+    unsafe { libc::geteuid() == 0 }
 }
