@@ -79,7 +79,16 @@ fn pids_and_children_are_identical() {
 #[test]
 fn host_facts_are_recorded() {
     let (a, _) = record_twice_and_replay("stat", &["/etc/passwd"], 0);
-    for k in ["stat /etc/passwd ino", "dirent", "uname", "proc 2 (stat)", "uptime", "cpus 1"] {
+    for k in [
+        "stat /etc/passwd ino",
+        "dirent",
+        "uname",
+        "proc 2 (stat)",
+        "uptime",
+        "cpus 1",
+        "sys online",
+        "openssl_ia32cap ~0x4000000000000000:~0x40000",
+    ] {
         assert!(a.contains(k), "missing {k:?} in {a}");
     }
 }
@@ -345,4 +354,45 @@ fn truncated_garbage_and_missing_logs_are_clear_errors() {
     let mut head = vec![0u8; 12];
     f.read_exact(&mut head).expect("preamble");
     assert_eq!(&head[..8], b"FTNETLOG");
+}
+
+/// The host pid of the replica's root process: ftnet's child is the init,
+/// whose child is the replica.
+fn replica_pid(ftnet_pid: u32) -> Option<u32> {
+    let children = |p: u32| -> Vec<u32> {
+        std::fs::read_to_string(format!("/proc/{p}/task/{p}/children"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|x| x.parse().ok())
+            .collect()
+    };
+    let init = *children(ftnet_pid).first()?;
+    children(init).first().copied()
+}
+
+#[test]
+fn signals_from_outside_are_delivered_at_recorded_points() {
+    let p = prog("hup");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("hup.log");
+    let rec = record_bg(&log, &[], &[p.to_str().expect("utf8")]);
+    let mut pid = None;
+    for _ in 0..100 {
+        pid = replica_pid(rec.pid());
+        if pid.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pid = pid.expect("the replica started");
+    std::thread::sleep(Duration::from_millis(300));
+    for _ in 0..3 {
+        let st = Command::new("kill").args(["-HUP", &pid.to_string()]).status().expect("kill");
+        assert!(st.success());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = rec.wait(Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "ready\nhup 1\nhup 2\nhup 3\n");
+    assert_replays(&log);
 }

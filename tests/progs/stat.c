@@ -4,6 +4,7 @@
 #include <dirent.h>
 #include <sched.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/sysinfo.h>
@@ -32,5 +33,11 @@ int main(int argc, char **argv) {
     cpu_set_t set;
     sched_getaffinity(0, sizeof set, &set);
     printf("cpus %d\n", CPU_COUNT(&set));
+    char online[64] = {0};
+    f = fopen("/sys/devices/system/cpu/online", "r");
+    if (f) { fgets(online, sizeof online, f); fclose(f); }
+    printf("sys online %s", online);
+    const char *cap = getenv("OPENSSL_ia32cap");
+    printf("openssl_ia32cap %s\n", cap ? cap : "unset");
     return 0;
 }

@@ -37,6 +37,9 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::Duration;
 use threads::{At, Pvid, Sched, StopKind, Tree};
 
+/// How often blocked processes are checked for signals from outside.
+const SIGNAL_SCAN_NS: i64 = 100_000_000;
+
 /// epoll tags in the supervisor's own set.
 const TAG_NOTIF: u64 = u64::MAX;
 const TAG_SIGNAL: u64 = u64::MAX - 1;
@@ -142,6 +145,8 @@ pub struct Supervisor {
     pub offsets: std::collections::HashMap<(Pvid, i32), u64>,
     /// Replay: the event read but not yet applied.
     pub peeked: Option<Event>,
+    /// Record: when to next look for signals sent from outside the tree.
+    pub next_signal_scan: i64,
 }
 
 impl Supervisor {
@@ -170,6 +175,7 @@ impl Supervisor {
             warned: Default::default(),
             offsets: Default::default(),
             peeked: None,
+            next_signal_scan: 0,
         })
     }
 
@@ -215,6 +221,7 @@ impl Supervisor {
                     self.wait_one_stop()?;
                     continue;
                 }
+                self.scan_for_outside_signals();
                 self.check_pending_signals()?;
                 self.fire_timers()?;
                 if let Some(v) = self.pick() {
@@ -225,7 +232,12 @@ impl Supervisor {
                     break;
                 }
             }
-            self.wait_events(self.next_deadline())?;
+            let scan = self.blocked_any().then_some(self.next_signal_scan);
+            let deadline = match (self.next_deadline(), scan) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            self.wait_events(deadline)?;
             self.expire_deadlines()?;
         }
         let status = self.final_status();
@@ -234,6 +246,27 @@ impl Supervisor {
             w.sink.flush()?;
         }
         Ok(status)
+    }
+
+    fn blocked_any(&self) -> bool {
+        self.tree.threads.iter().any(|t| matches!(t.sched, Sched::Blocked(_)))
+    }
+
+    /// A signal sent from outside the tree to a parked thread stays pending
+    /// in the kernel without any event reaching us (the thread waits
+    /// killably in its notification). Every 100 ms, processes with blocked
+    /// threads are checked for such signals.
+    fn scan_for_outside_signals(&mut self) {
+        let now = sfd::clock_ns(libc::CLOCK_MONOTONIC);
+        if now < self.next_signal_scan {
+            return;
+        }
+        self.next_signal_scan = now + SIGNAL_SCAN_NS;
+        let blocked: Vec<Pvid> =
+            self.tree.threads.iter().filter(|t| matches!(t.sched, Sched::Blocked(_))).map(|t| t.pvid).collect();
+        for p in blocked {
+            self.tree.pm(p).check_pending = true;
+        }
     }
 
     fn final_status(&self) -> i32 {
@@ -385,9 +418,12 @@ impl Supervisor {
     /// responds.
     pub fn finish(&mut self, ctx: &Ctx, done: Done) -> Result<()> {
         if self.recording()
-            && let Some((sig, _)) = self.sigq.peek_deliverable(&self.tree, ctx.vid)?
+            && let Some((sig, shared)) = self.sigq.peek_deliverable(&self.tree, ctx.vid)?
         {
             self.inject(ctx.vid, sig)?;
+            if shared {
+                self.sigq.expect_duplicate(ctx.pvid, sig);
+            }
         }
         for m in &done.mem {
             sys::mem::write(ctx.tid, m.addr, &m.bytes)?;

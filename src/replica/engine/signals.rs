@@ -23,12 +23,19 @@ pub struct Queued {
     pub sig: i32,
     /// The siginfo to deliver; `None` keeps the kernel's.
     pub info: Option<[u8; 128]>,
+    /// Adopted from the kernel's shared pending set: the original stays
+    /// pending there, so after our injection it arrives once more and must
+    /// be swallowed.
+    pub shared: bool,
 }
 
 #[derive(Default)]
 pub struct Queues {
     thread: HashMap<Vid, Vec<Queued>>,
     process: HashMap<Pvid, Vec<Queued>>,
+    /// Per (process, signal): originals still pending in the kernel whose
+    /// injected copy was already delivered.
+    swallow: HashMap<(Pvid, i32), u32>,
 }
 
 /// Signal masks of a thread, from `/proc/TID/status`.
@@ -110,7 +117,7 @@ impl Queues {
 
     /// The first queued signal `vid` can take now (not blocked by its mask,
     /// or by `t.sigmask` while a sigsuspend-like call is pending).
-    pub fn peek_deliverable(&self, tree: &Tree, vid: Vid) -> Result<Option<(i32, Option<[u8; 128]>)>> {
+    pub fn peek_deliverable(&self, tree: &Tree, vid: Vid) -> Result<Option<(i32, bool)>> {
         if self.is_empty_for(tree, vid) {
             return Ok(None);
         }
@@ -122,7 +129,25 @@ impl Queues {
             .get(&vid)
             .and_then(|q| q.iter().find(|x| ok(x)))
             .or_else(|| self.process.get(&t.pvid).and_then(|q| q.iter().find(|x| ok(x))));
-        Ok(found.map(|q| (q.sig, q.info)))
+        Ok(found.map(|q| (q.sig, q.shared)))
+    }
+
+    /// Notes that the kernel still holds the original of an injected
+    /// shared-pending signal.
+    pub fn expect_duplicate(&mut self, pvid: Pvid, sig: i32) {
+        *self.swallow.entry((pvid, sig)).or_default() += 1;
+    }
+
+    /// Whether a natural delivery of `sig` in `pvid` is such an original;
+    /// consumes the note.
+    pub fn swallow(&mut self, pvid: Pvid, sig: i32) -> bool {
+        match self.swallow.get_mut(&(pvid, sig)) {
+            Some(n) if *n > 0 => {
+                *n -= 1;
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Removes the entry for `sig` being delivered to `vid`; returns its info.
@@ -138,6 +163,7 @@ impl Queues {
 
     pub fn forget_process(&mut self, pvid: Pvid) {
         self.process.remove(&pvid);
+        self.swallow.retain(|&(p, _), _| p != pvid);
     }
 }
 
@@ -145,7 +171,7 @@ impl Supervisor {
     /// Queues a signal the primary suppressed at its delivery stop.
     pub fn queue_suppressed(&mut self, vid: Vid, sig: i32, info: [u8; 128], thread_directed: bool) -> Result<()> {
         let pvid = self.tree.t(vid).pvid;
-        let item = Queued { sig, info: Some(info) };
+        let item = Queued { sig, info: Some(info), shared: false };
         if thread_directed {
             push(self.sigq.thread.entry(vid).or_default(), item);
         } else {
@@ -159,7 +185,10 @@ impl Supervisor {
     /// at shutdown, SIGALRM from an interval timer).
     pub fn queue_process_signal(&mut self, pvid: Pvid, sig: i32) -> Result<()> {
         let code = if sig == libc::SIGALRM { 0x80 } else { 0 };
-        push(self.sigq.process.entry(pvid).or_default(), Queued { sig, info: Some(user_info(sig, code)) });
+        push(
+            self.sigq.process.entry(pvid).or_default(),
+            Queued { sig, info: Some(user_info(sig, code)), shared: false },
+        );
         self.wake_for_signals(pvid);
         Ok(())
     }
@@ -207,13 +236,14 @@ impl Supervisor {
                 shared |= m.shared;
                 for sig in 1..=64 {
                     if m.pending & bit(sig) != 0 {
-                        push(self.sigq.thread.entry(v).or_default(), Queued { sig, info: None });
+                        push(self.sigq.thread.entry(v).or_default(), Queued { sig, info: None, shared: false });
                     }
                 }
             }
             for sig in 1..=64 {
-                if shared & bit(sig) != 0 {
-                    push(self.sigq.process.entry(pvid).or_default(), Queued { sig, info: None });
+                let pending_dup = self.sigq.swallow.get(&(pvid, sig)).is_some_and(|&n| n > 0);
+                if shared & bit(sig) != 0 && !pending_dup {
+                    push(self.sigq.process.entry(pvid).or_default(), Queued { sig, info: None, shared: true });
                 }
             }
             self.wake_for_signals(pvid);
@@ -266,10 +296,11 @@ mod tests {
     #[test]
     fn standard_signals_coalesce_realtime_queue() {
         let mut q = vec![];
-        push(&mut q, Queued { sig: libc::SIGCHLD, info: None });
-        push(&mut q, Queued { sig: libc::SIGCHLD, info: None });
-        push(&mut q, Queued { sig: 40, info: None });
-        push(&mut q, Queued { sig: 40, info: None });
+        let q0 = |sig| Queued { sig, info: None, shared: false };
+        push(&mut q, q0(libc::SIGCHLD));
+        push(&mut q, q0(libc::SIGCHLD));
+        push(&mut q, q0(40));
+        push(&mut q, q0(40));
         assert_eq!(q.iter().filter(|x| x.sig == libc::SIGCHLD).count(), 1);
         assert_eq!(q.iter().filter(|x| x.sig == 40).count(), 2);
     }

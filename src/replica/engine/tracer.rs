@@ -321,7 +321,8 @@ impl Supervisor {
         }
         // From outside the tree, or SIGCHLD: suppress; the primary injects it
         // at a syscall boundary.
-        if self.recording() {
+        let pvid = self.tree.t(vid).pvid;
+        if self.recording() && !self.sigq.swallow(pvid, sig) {
             let thread_directed = code == libc::SI_TKILL;
             self.queue_suppressed(vid, sig, info, thread_directed)?;
         }
