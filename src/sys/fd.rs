@@ -25,6 +25,9 @@ pub fn epoll_ctl(ep: BorrowedFd, op: i32, fd: BorrowedFd, events: u32, data: u64
     let mut ev = libc::epoll_event { events, u64: data };
     // SAFETY: `ev` is a valid epoll_event for the duration of the call.
     let r = unsafe { libc::epoll_ctl(ep.as_raw_fd(), op, fd.as_raw_fd(), &mut ev) };
+    if r == 0 {
+        return Ok(());
+    }
     check(r as _, "epoll_ctl", format!("fd {}", fd.as_raw_fd())).map(drop)
 }
 
@@ -114,6 +117,9 @@ pub fn getsockopt_int(fd: BorrowedFd, level: i32, opt: i32) -> Result<i32> {
     let mut len = std::mem::size_of::<i32>() as libc::socklen_t;
     // SAFETY: `v` and `len` are valid out-pointers of the advertised size.
     let r = unsafe { libc::getsockopt(fd.as_raw_fd(), level, opt, (&mut v as *mut i32).cast(), &mut len) };
+    if r == 0 {
+        return Ok(v);
+    }
     check(r as _, "getsockopt", format!("fd {} level {level} opt {opt}", fd.as_raw_fd())).map(|_| v)
 }
 
@@ -284,6 +290,9 @@ pub fn allowed_cpus() -> Vec<usize> {
 pub fn tgkill(tgid: i32, tid: i32, sig: i32) -> Result<()> {
     // SAFETY: no pointers.
     let r = unsafe { libc::syscall(libc::SYS_tgkill, tgid, tid, sig) };
+    if r == 0 {
+        return Ok(());
+    }
     check(r, "tgkill", format!("tid {tid} signal {sig}")).map(drop)
 }
 

@@ -41,14 +41,14 @@ pub fn write(tid: i32, addr: u64, data: &[u8]) -> Result<()> {
 }
 
 fn transferred(r: isize, want: usize, call: &'static str, tid: i32, addr: u64) -> Result<()> {
+    if r as usize == want && r >= 0 {
+        return Ok(());
+    }
     let what = format!("tid {tid} addr {addr:#x} len {want}");
     if r < 0 {
         return Err(SysError::last(call, what));
     }
-    if r as usize != want {
-        return Err(SysError::new(call, format!("{what} (moved {r})"), Errno(libc::EFAULT)));
-    }
-    Ok(())
+    Err(SysError::new(call, format!("{what} (moved {r})"), Errno(libc::EFAULT)))
 }
 
 /// Reads a NUL-terminated string of at most `max` bytes at `addr`.

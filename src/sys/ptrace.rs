@@ -18,6 +18,9 @@ fn raw(req: libc::c_uint, tid: i32, addr: usize, data: usize, what: &str) -> Res
     // SAFETY: callers pass `addr`/`data` that are either plain integers or
     // pointers to live locals of the size the request expects.
     let r = unsafe { libc::ptrace(req, tid, addr, data) };
+    if r >= 0 {
+        return Ok(r);
+    }
     check(r, "ptrace", format!("{what} tid {tid}"))
 }
 

@@ -1,21 +1,27 @@
 //! What each of the replica's descriptors refers to, decided on the primary.
 //!
 //! Classification looks at a `pidfd_getfd` copy (fstat, fstatfs, socket
-//! options) and is cached per (process, fd). Invariants:
-//! - the cache entry for an fd is dropped before the replica's close, dup2,
-//!   dup3 or close_range of it runs, and all entries of a process at exec and
-//!   exit, so a reused number is always classified afresh;
-//! - copies are never kept in the cache: each call borrows one and drops it
-//!   before answering, except copies registered for a blocked thread, which
-//!   [`super::wait`] drops when the thread wakes or the fd is closed.
+//! options). The copy, its kind and its O_NONBLOCK flag are cached per
+//! (process, fd). Invariants:
+//! - the cache entry for an fd (and so the supervisor's copy of the file) is
+//!   dropped before the replica's close, dup2, dup3 or close_range of it
+//!   runs, and all entries of a process at exec and exit: a copy never keeps
+//!   a file alive that the replica closed (no missing FIN, no stale epoll
+//!   item), and a reused number is always classified afresh;
+//! - the cached O_NONBLOCK flags are forgotten whenever the replica calls
+//!   fcntl or ioctl(FIONBIO), the only ways to change them;
+//! - a blocked thread waits on a `dup` of the cached copy, which
+//!   [`super::wait`] drops when the thread wakes.
 
 use super::threads::Pvid;
 use crate::sys::{self, fd as sfd};
+use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, OwnedFd};
+use std::rc::Rc;
 
 /// The kind of object behind a descriptor.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     /// A regular file or directory: reads are verified, writes run on both.
     File,
@@ -60,9 +66,16 @@ const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 const SECURITYFS_MAGIC: i64 = 0x7363_6673;
 const PIPEFS_MAGIC: i64 = 0x5049_5045;
 
+/// What the supervisor keeps about one of the replica's descriptors.
+struct Entry {
+    kind: Kind,
+    copy: Rc<OwnedFd>,
+    nonblock: Cell<Option<bool>>,
+}
+
 #[derive(Default)]
 pub struct Fds {
-    cache: HashMap<(Pvid, i32), Kind>,
+    cache: HashMap<(Pvid, i32), Entry>,
     /// Inodes of pipes, FIFOs and sockets the replica inherited from outside.
     external: HashSet<(u64, u64)>,
     /// Host pids of every process ever in the tree (for unix peers).
@@ -93,15 +106,48 @@ impl Fds {
         self.cache.retain(|&(p, _), _| p != pvid);
     }
 
-    /// The kind of `fd` in process `pvid`, using `copy` (a copy of it) and the
-    /// process's host pid to classify it the first time.
-    pub fn kind(&mut self, pvid: Pvid, tgid: i32, fd: i32, copy: &OwnedFd) -> Kind {
-        if let Some(k) = self.cache.get(&(pvid, fd)) {
-            return k.clone();
+    /// The supervisor's copy of `fd` of process `pvid` (host pid `tgid`,
+    /// reachable through `pidfd`) and its kind, classified the first time.
+    /// `Err(errno)` is what the replica's own call would have failed with
+    /// (EBADF for a closed fd).
+    pub fn get(
+        &mut self,
+        pvid: Pvid,
+        tgid: i32,
+        pidfd: Option<&OwnedFd>,
+        fd: i32,
+    ) -> Result<(Rc<OwnedFd>, Kind), sys::Errno> {
+        if let Some(e) = self.cache.get(&(pvid, fd)) {
+            return Ok((e.copy.clone(), e.kind));
         }
-        let k = self.classify(tgid, fd, copy);
-        self.cache.insert((pvid, fd), k.clone());
-        k
+        let copy = Rc::new(copy(pidfd, fd)?);
+        let kind = self.classify(tgid, fd, &copy);
+        self.cache.insert((pvid, fd), Entry { kind, copy: copy.clone(), nonblock: Cell::new(None) });
+        Ok((copy, kind))
+    }
+
+    /// Whether the file behind `fd` has O_NONBLOCK set (cached).
+    pub fn nonblock(&self, pvid: Pvid, fd: i32, copy: &OwnedFd) -> bool {
+        let read = || sfd::get_fl(copy.as_fd()).map(|f| f & libc::O_NONBLOCK != 0).unwrap_or(true);
+        match self.cache.get(&(pvid, fd)) {
+            Some(e) => match e.nonblock.get() {
+                Some(v) => v,
+                None => {
+                    let v = read();
+                    e.nonblock.set(Some(v));
+                    v
+                }
+            },
+            None => read(),
+        }
+    }
+
+    /// The replica may have changed file status flags: forget them all
+    /// (processes can share an open file description).
+    pub fn forget_flags(&mut self) {
+        for e in self.cache.values() {
+            e.nonblock.set(None);
+        }
     }
 
     fn classify(&self, tgid: i32, fd: i32, copy: &OwnedFd) -> Kind {

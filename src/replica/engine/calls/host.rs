@@ -13,6 +13,7 @@ use super::{Ctx, Done, Outcome, Result, Supervisor, err};
 use crate::sys::{self, fd as sfd};
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::rc::Rc;
 
 const NS: i64 = 1_000_000_000;
 
@@ -98,11 +99,11 @@ fn rusage(ctx: &Ctx, who: i32) -> Option<Vec<u8>> {
 /// A directory handle and relative path that resolve `path` (relative to
 /// `dirfd`) the way the replica would, in its own mount namespace.
 fn resolve(
-    s: &Supervisor,
+    s: &mut Supervisor,
     ctx: &Ctx,
     dirfd: i32,
     path_ptr: u64,
-) -> Result<std::result::Result<(OwnedFd, CString), i64>> {
+) -> Result<std::result::Result<(Rc<OwnedFd>, CString), i64>> {
     let Ok(mut path) = sys::mem::read_cstr(ctx.tid, path_ptr, 4096) else {
         return Ok(Err(-(libc::EFAULT as i64)));
     };
@@ -117,11 +118,11 @@ fn resolve(
             path = p;
         }
     }
-    let (base, rel): (std::result::Result<OwnedFd, i64>, Vec<u8>) = if path.first() == Some(&b'/') {
+    let (base, rel): (std::result::Result<Rc<OwnedFd>, i64>, Vec<u8>) = if path.first() == Some(&b'/') {
         let rel = path.iter().skip_while(|&&c| c == b'/').copied().collect::<Vec<_>>();
-        (open_path(&format!("/proc/{}/root", ctx.tid)), if rel.is_empty() { b".".to_vec() } else { rel })
+        (open_path(&format!("/proc/{}/root", ctx.tid)).map(Rc::new), if rel.is_empty() { b".".to_vec() } else { rel })
     } else if dirfd == libc::AT_FDCWD {
-        (open_path(&format!("/proc/{}/cwd", ctx.tid)), path)
+        (open_path(&format!("/proc/{}/cwd", ctx.tid)).map(Rc::new), path)
     } else {
         (copy_of(s, ctx, dirfd), path)
     };
@@ -145,7 +146,7 @@ fn open_path(p: &str) -> std::result::Result<OwnedFd, i64> {
 use std::os::unix::fs::OpenOptionsExt;
 
 /// Performs a path call (`f(dirfd, path)`) for the replica.
-fn at_call(s: &Supervisor, ctx: &Ctx, dirfd: i32, path: u64, f: impl FnOnce(u64, u64) -> i64) -> Result<i64> {
+fn at_call(s: &mut Supervisor, ctx: &Ctx, dirfd: i32, path: u64, f: impl FnOnce(u64, u64) -> i64) -> Result<i64> {
     Ok(match resolve(s, ctx, dirfd, path)? {
         Ok((base, rel)) => f(base.as_raw_fd() as u64, rel.as_ptr() as u64),
         Err(e) => e,
@@ -336,7 +337,7 @@ pub fn record(s: &mut Supervisor, ctx: &Ctx) -> Result<Outcome> {
     Ok(Outcome::Done(done))
 }
 
-fn stat_at(s: &Supervisor, ctx: &Ctx, dirfd: i32, path: u64, out: u64, flags: i32) -> Result<Done> {
+fn stat_at(s: &mut Supervisor, ctx: &Ctx, dirfd: i32, path: u64, out: u64, flags: i32) -> Result<Done> {
     let mut buf = vec![0u8; 144];
     let empty = flags & libc::AT_EMPTY_PATH != 0 && sys::mem::read(ctx.tid, path, 1).is_ok_and(|b| b[0] == 0);
     let r = if empty {

@@ -19,6 +19,7 @@ use crate::replica::digest::Digest;
 use crate::replica::log::{Answer, Call, Check, CheckKind};
 use crate::sys::{self, fd as sfd};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::rc::Rc;
 
 /// The arguments of a read or write call, normalized.
 #[derive(Debug, Default)]
@@ -101,22 +102,24 @@ fn is_socket(k: &Kind) -> bool {
     matches!(k, Kind::Boundary(Boundary::Tcp | Boundary::Unix | Boundary::Dgram | Boundary::Netlink))
 }
 
-fn nonblocking(copy: &OwnedFd, flags: i32) -> bool {
-    sfd::get_fl(copy.as_fd()).map(|f| f & libc::O_NONBLOCK != 0).unwrap_or(true) || flags & libc::MSG_DONTWAIT != 0
+fn nonblocking(s: &Supervisor, ctx: &Ctx, fd: i32, copy: &OwnedFd, flags: i32) -> bool {
+    flags & libc::MSG_DONTWAIT != 0 || s.fds.nonblock(ctx.pvid, fd, copy)
 }
 
 fn ready(copy: &OwnedFd, events: i16) -> bool {
     sfd::poll_one(copy.as_fd(), events, 0).map(|r| r != 0).unwrap_or(true)
 }
 
-/// Copies `fd` of the calling process, or the answer the call gets if it
-/// cannot be copied (EBADF).
-pub fn copy_of(s: &Supervisor, ctx: &Ctx, fd: i32) -> std::result::Result<OwnedFd, i64> {
-    fds::copy(s.tree.p(ctx.pvid).pidfd.as_ref(), fd).map_err(err)
+/// The supervisor's copy of `fd` of the calling process and its kind, or the
+/// answer the call gets if it cannot be copied (EBADF).
+pub fn open(s: &mut Supervisor, ctx: &Ctx, fd: i32) -> std::result::Result<(Rc<OwnedFd>, Kind), i64> {
+    let pidfd = s.tree.p(ctx.pvid).pidfd.as_ref();
+    s.fds.get(ctx.pvid, ctx.tgid, pidfd, fd).map_err(err)
 }
 
-fn kind_of(s: &mut Supervisor, ctx: &Ctx, fd: i32, copy: &OwnedFd) -> Kind {
-    s.fds.kind(ctx.pvid, ctx.tgid, fd, copy)
+/// The copy alone (for calls that do not care about the kind).
+pub fn copy_of(s: &mut Supervisor, ctx: &Ctx, fd: i32) -> std::result::Result<Rc<OwnedFd>, i64> {
+    open(s, ctx, fd).map(|(c, _)| c)
 }
 
 fn stream_offset(s: &mut Supervisor, ctx: &Ctx, fd: i32, n: i64) -> u64 {
@@ -128,8 +131,13 @@ fn stream_offset(s: &mut Supervisor, ctx: &Ctx, fd: i32, n: i64) -> u64 {
     at
 }
 
-fn block_on(s: &mut Supervisor, ctx: &Ctx, copy: OwnedFd, events: u32) -> Result<Outcome> {
-    s.waits.add(&s.ep, ctx.vid, copy, events)?;
+/// Parks the caller until `copy` signals `events` (a `dup` of the cached
+/// copy is registered, so the wait's registration is its own).
+pub fn block_on(s: &mut Supervisor, ctx: &Ctx, copy: &OwnedFd, events: u32) -> Result<Outcome> {
+    let dup = copy
+        .try_clone()
+        .map_err(|e| sys::SysError::new("dup", "a copy to wait on", sys::Errno(e.raw_os_error().unwrap_or(0))))?;
+    s.waits.add(&s.ep, ctx.vid, dup, events)?;
     Ok(Outcome::Block(Wait::Ready { deadline: None }))
 }
 
@@ -140,15 +148,14 @@ const OUT: u32 = (libc::EPOLLOUT | libc::EPOLLHUP | libc::EPOLLERR) as u32;
 
 pub fn record_read(s: &mut Supervisor, ctx: &Ctx) -> Result<Outcome> {
     let x = io_args(ctx)?;
-    let copy = match copy_of(s, ctx, x.fd) {
+    let (copy, kind) = match open(s, ctx, x.fd) {
         Ok(c) => c,
         Err(r) => return Ok(Outcome::Done(Done::ret(r))),
     };
-    let kind = kind_of(s, ctx, x.fd, &copy);
     match kind {
         Kind::Internal | Kind::Epoll | Kind::Listener { .. } => {
-            if !nonblocking(&copy, x.flags) && !ready(&copy, libc::POLLIN) {
-                return block_on(s, ctx, copy, IN);
+            if !nonblocking(s, ctx, x.fd, &copy, x.flags) && !ready(&copy, libc::POLLIN) {
+                return block_on(s, ctx, &copy, IN);
             }
             Ok(Outcome::Done(Done::cont()))
         }
@@ -164,15 +171,15 @@ pub fn record_read(s: &mut Supervisor, ctx: &Ctx) -> Result<Outcome> {
         }
         ref k if is_socket(k) => {
             let (r, mem) = recv_socket(ctx, &copy, &x)?;
-            if r == -(libc::EAGAIN as i64) && !nonblocking(&copy, x.flags) {
-                return block_on(s, ctx, copy, IN);
+            if r == -(libc::EAGAIN as i64) && !nonblocking(s, ctx, x.fd, &copy, x.flags) {
+                return block_on(s, ctx, &copy, IN);
             }
             stream_offset(s, ctx, x.fd, r);
             Ok(Outcome::Done(Done { answer: Answer::Ret(r), mem, check: None, newfd: None }))
         }
         Kind::Boundary(_) => {
-            if !nonblocking(&copy, 0) && !ready(&copy, libc::POLLIN) {
-                return block_on(s, ctx, copy, IN);
+            if !nonblocking(s, ctx, x.fd, &copy, 0) && !ready(&copy, libc::POLLIN) {
+                return block_on(s, ctx, &copy, IN);
             }
             let (r, data, _) = read_file(&copy, &x);
             stream_offset(s, ctx, x.fd, r);
@@ -260,9 +267,13 @@ fn recv_socket(ctx: &Ctx, copy: &OwnedFd, x: &IoArgs) -> Result<(i64, Vec<crate:
 /// answers with them.
 pub fn replay_file_input(s: &mut Supervisor, ctx: &Ctx, c: Call) -> Result<Done> {
     let x = io_args(ctx)?;
-    let copy = copy_of(s, ctx, x.fd).map_err(|r| {
-        EngineError::Divergence(Box::new(s.divergence(ctx, &format!("fd {} is not open (error {r})", x.fd))))
-    })?;
+    let copy = match copy_of(s, ctx, x.fd) {
+        Ok(c) => c,
+        Err(r) => {
+            let d = s.divergence(ctx, &format!("fd {} is not open (error {r})", x.fd));
+            return Err(EngineError::Divergence(Box::new(d)));
+        }
+    };
     let (r, data, offset) = read_file(&copy, &x);
     let n = r.max(0) as usize;
     let expected = c.check.as_ref().map(|ch| ch.digest.clone()).unwrap_or_else(|| Digest::of(&[]));
@@ -287,16 +298,15 @@ pub fn replay_file_input(s: &mut Supervisor, ctx: &Ctx, c: Call) -> Result<Done>
 
 pub fn record_write(s: &mut Supervisor, ctx: &Ctx) -> Result<Outcome> {
     let x = io_args(ctx)?;
-    let copy = match copy_of(s, ctx, x.fd) {
+    let (copy, kind) = match open(s, ctx, x.fd) {
         Ok(c) => c,
         Err(r) => return Ok(Outcome::Done(Done::ret(r))),
     };
-    let kind = kind_of(s, ctx, x.fd, &copy);
     let total = x.total();
     match kind {
         Kind::Internal => {
-            if !nonblocking(&copy, x.flags) && !ready(&copy, libc::POLLOUT) {
-                return block_on(s, ctx, copy, OUT);
+            if !nonblocking(s, ctx, x.fd, &copy, x.flags) && !ready(&copy, libc::POLLOUT) {
+                return block_on(s, ctx, &copy, OUT);
             }
             let data = gather(ctx, &x.iov, total)?;
             let offset = stream_offset(s, ctx, x.fd, total as i64);
@@ -307,7 +317,7 @@ pub fn record_write(s: &mut Supervisor, ctx: &Ctx) -> Result<Outcome> {
             let offset = x.offset.map(|o| o.max(0) as u64).or_else(|| sfd::tell(copy.as_fd()).map(|o| o as u64));
             Ok(Outcome::Done(output(Done::cont(), offset.unwrap_or(0), &data)))
         }
-        ref k if is_socket(k) => send_socket(s, ctx, &x, copy, k),
+        ref k if is_socket(k) => send_socket(s, ctx, &x, &copy, k),
         Kind::Boundary(_) => {
             let data = gather(ctx, &x.iov, total)?;
             let r = match x.offset {
@@ -342,7 +352,7 @@ fn queue_sigpipe(s: &mut Supervisor, ctx: &Ctx) -> Result<()> {
 /// Sends on a boundary socket without blocking the supervisor. A blocking
 /// socket's send is completed across wake-ups (progress kept in the thread),
 /// as the kernel would block until everything is queued.
-fn send_socket(s: &mut Supervisor, ctx: &Ctx, x: &IoArgs, copy: OwnedFd, kind: &Kind) -> Result<Outcome> {
+fn send_socket(s: &mut Supervisor, ctx: &Ctx, x: &IoArgs, copy: &OwnedFd, kind: &Kind) -> Result<Outcome> {
     if x.controllen > 0 {
         return Err(EngineError::Refused {
             call: crate::replica::table::name(ctx.nr),
@@ -359,7 +369,7 @@ fn send_socket(s: &mut Supervisor, ctx: &Ctx, x: &IoArgs, copy: OwnedFd, kind: &
     let data = gather(ctx, &x.iov, x.total())?;
     let mut progress = s.tree.t(ctx.vid).progress as usize;
     let flags = x.flags | libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
-    let blocking = !nonblocking(&copy, x.flags);
+    let blocking = !nonblocking(s, ctx, x.fd, copy, x.flags);
     let mut result = 0i64;
     while progress < data.len() || data.is_empty() {
         let r = if (x.addr != 0 && x.nr_is_sendto(ctx)) || x.name != 0 {
@@ -442,19 +452,18 @@ pub fn verify_output(s: &mut Supervisor, ctx: &Ctx, c: &Call) -> Result<()> {
 
 pub fn record_sendfile(s: &mut Supervisor, ctx: &Ctx) -> Result<Outcome> {
     let (out_fd, in_fd, off_ptr, count) = (ctx.a[0] as i32, ctx.a[1] as i32, ctx.a[2], ctx.a[3] as usize);
-    let out = match copy_of(s, ctx, out_fd) {
+    let (out, ko) = match open(s, ctx, out_fd) {
         Ok(c) => c,
         Err(r) => return Ok(Outcome::Done(Done::ret(r))),
     };
-    let inp = match copy_of(s, ctx, in_fd) {
+    let (inp, ki) = match open(s, ctx, in_fd) {
         Ok(c) => c,
         Err(r) => return Ok(Outcome::Done(Done::ret(r))),
     };
-    let (ko, ki) = (kind_of(s, ctx, out_fd, &out), kind_of(s, ctx, in_fd, &inp));
     match (&ko, &ki) {
         (Kind::Internal | Kind::File, Kind::File | Kind::Internal) => {
-            if !nonblocking(&out, 0) && !ready(&out, libc::POLLOUT) {
-                return block_on(s, ctx, out, OUT);
+            if !nonblocking(s, ctx, out_fd, &out, 0) && !ready(&out, libc::POLLOUT) {
+                return block_on(s, ctx, &out, OUT);
             }
             Ok(Outcome::Done(Done::cont()))
         }
@@ -467,8 +476,8 @@ pub fn record_sendfile(s: &mut Supervisor, ctx: &Ctx) -> Result<Outcome> {
             }
             data.truncate(n as usize);
             let r = sfd::send(out.as_fd(), &data, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL);
-            if r == -(libc::EAGAIN as i64) && !nonblocking(&out, 0) {
-                return block_on(s, ctx, out, OUT);
+            if r == -(libc::EAGAIN as i64) && !nonblocking(s, ctx, out_fd, &out, 0) {
+                return block_on(s, ctx, &out, OUT);
             }
             if r == -(libc::EPIPE as i64) {
                 queue_sigpipe(s, ctx)?;
@@ -491,13 +500,14 @@ pub fn record_sendfile(s: &mut Supervisor, ctx: &Ctx) -> Result<Outcome> {
 }
 
 /// Replay: the bytes a logged sendfile sent, read from the local file.
-fn sendfile_bytes(s: &Supervisor, ctx: &Ctx, c: &Call) -> Result<Vec<u8>> {
+fn sendfile_bytes(s: &mut Supervisor, ctx: &Ctx, c: &Call) -> Result<Vec<u8>> {
     let n = match c.answer {
         Answer::Ret(r) => r.max(0) as usize,
         _ => 0,
     };
-    let inp = copy_of(s, ctx, ctx.a[1] as i32)
-        .map_err(|_| EngineError::Divergence(Box::new(s.divergence(ctx, "sendfile's input is not open"))))?;
+    let Ok(inp) = copy_of(s, ctx, ctx.a[1] as i32) else {
+        return Err(EngineError::Divergence(Box::new(s.divergence(ctx, "sendfile's input is not open"))));
+    };
     let pos = if ctx.a[2] != 0 { read_u64(ctx, ctx.a[2])? as i64 } else { sfd::tell(inp.as_fd()).unwrap_or(0) };
     let mut data = vec![0u8; n];
     let got = sfd::pread(inp.as_fd(), &mut data, pos);
@@ -527,11 +537,11 @@ pub fn record_other_io(s: &mut Supervisor, ctx: &Ctx) -> Result<Outcome> {
         _ => vec![ctx.a[0] as i32],
     };
     for fd in fds {
-        let copy = match copy_of(s, ctx, fd) {
-            Ok(c) => c,
+        let kind = match open(s, ctx, fd) {
+            Ok((_, k)) => k,
             Err(r) => return Ok(Outcome::Done(Done::ret(r))),
         };
-        if !matches!(kind_of(s, ctx, fd, &copy), Kind::Internal | Kind::File) {
+        if !matches!(kind, Kind::Internal | Kind::File) {
             return Err(
                 s.refused(ctx, &format!("fd {fd} crosses the tree's boundary; this call is not supported on it"))
             );
@@ -566,6 +576,7 @@ pub fn record_fdops(s: &mut Supervisor, ctx: &Ctx) -> Result<Outcome> {
     forget_fds(s, ctx);
     match ctx.nr as i64 {
         libc::SYS_fcntl => {
+            s.fds.forget_flags();
             let cmd = ctx.a[1] as i32;
             if cmd == libc::F_SETLKW || cmd == libc::F_OFD_SETLKW {
                 return Err(

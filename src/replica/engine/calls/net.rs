@@ -7,7 +7,7 @@
 //! option calls are answered from the log (the takeover applies them).
 
 use super::super::fds::Kind;
-use super::io::copy_of;
+use super::io::open;
 use super::{Ctx, Done, Outcome, Result, Supervisor, err, read_u32};
 use crate::replica::log::{Answer, Mem};
 use crate::sys::{self, fd as sfd};
@@ -36,11 +36,11 @@ fn no_room(tgid: i32) -> bool {
 pub fn record_accept(s: &mut Supervisor, ctx: &Ctx) -> Result<Outcome> {
     let (fd, addr, lenp) = (ctx.a[0] as i32, ctx.a[1], ctx.a[2]);
     let flags = if ctx.nr as i64 == libc::SYS_accept4 { ctx.a[3] as i32 } else { 0 };
-    let copy = match copy_of(s, ctx, fd) {
+    let (copy, kind) = match open(s, ctx, fd) {
         Ok(c) => c,
         Err(r) => return Ok(Outcome::Done(Done::ret(r))),
     };
-    match s.fds.kind(ctx.pvid, ctx.tgid, fd, &copy) {
+    match kind {
         Kind::Listener { unix: false } => {}
         Kind::Listener { unix: true } => {
             return Err(s.refused(
@@ -50,13 +50,12 @@ pub fn record_accept(s: &mut Supervisor, ctx: &Ctx) -> Result<Outcome> {
         }
         _ => return Ok(Outcome::Done(Done::cont())),
     }
-    let nonblock_listener = sfd::get_fl(copy.as_fd()).map(|f| f & libc::O_NONBLOCK != 0).unwrap_or(true);
+    let nonblock_listener = s.fds.nonblock(ctx.pvid, fd, &copy);
     if sfd::poll_one(copy.as_fd(), libc::POLLIN, 0).unwrap_or(0) == 0 {
         if nonblock_listener {
             return Ok(Outcome::Done(Done::ret(-(libc::EAGAIN as i64))));
         }
-        s.waits.add(&s.ep, ctx.vid, copy, (libc::EPOLLIN | libc::EPOLLERR) as u32)?;
-        return Ok(Outcome::Block(super::super::threads::Wait::Ready { deadline: None }));
+        return super::io::block_on(s, ctx, &copy, (libc::EPOLLIN | libc::EPOLLERR) as u32);
     }
     if no_room(ctx.tgid) {
         // The kernel would refuse before dequeuing the connection, so it stays
@@ -67,8 +66,7 @@ pub fn record_accept(s: &mut Supervisor, ctx: &Ctx) -> Result<Outcome> {
     let (sock, plen) = match sfd::accept4(copy.as_fd(), (flags & libc::SOCK_NONBLOCK) | libc::SOCK_CLOEXEC, &mut peer) {
         Ok(x) => x,
         Err(e) if e.0 == libc::EAGAIN && !nonblock_listener => {
-            s.waits.add(&s.ep, ctx.vid, copy, (libc::EPOLLIN | libc::EPOLLERR) as u32)?;
-            return Ok(Outcome::Block(super::super::threads::Wait::Ready { deadline: None }));
+            return super::io::block_on(s, ctx, &copy, (libc::EPOLLIN | libc::EPOLLERR) as u32);
         }
         Err(e) => return Ok(Outcome::Done(Done::ret(err(e)))),
     };
@@ -119,11 +117,10 @@ fn describe_sockaddr(b: &[u8]) -> String {
 
 pub fn record_sock(s: &mut Supervisor, ctx: &Ctx) -> Result<Outcome> {
     let fd = ctx.a[0] as i32;
-    let copy = match copy_of(s, ctx, fd) {
+    let (copy, kind) = match open(s, ctx, fd) {
         Ok(c) => c,
         Err(r) => return Ok(Outcome::Done(Done::ret(r))),
     };
-    let kind = s.fds.kind(ctx.pvid, ctx.tgid, fd, &copy);
     let boundary = matches!(kind, Kind::Boundary(_) | Kind::Listener { .. });
     let raw = copy.as_raw_fd() as u64;
     let done = match ctx.nr as i64 {
@@ -215,13 +212,13 @@ pub fn record_ioctl(s: &mut Supervisor, ctx: &Ctx) -> Result<Outcome> {
     // These change only the replica's own descriptor or file flags: native
     // on both nodes (so a placeholder gets the same O_NONBLOCK).
     if matches!(req, FIONBIO | FIOCLEX | FIONCLEX) {
+        s.fds.forget_flags();
         return Ok(Outcome::Done(Done::cont()));
     }
-    let copy = match copy_of(s, ctx, fd) {
+    let (copy, kind) = match open(s, ctx, fd) {
         Ok(c) => c,
         Err(r) => return Ok(Outcome::Done(Done::ret(r))),
     };
-    let kind = s.fds.kind(ctx.pvid, ctx.tgid, fd, &copy);
     if !matches!(kind, Kind::Boundary(_) | Kind::Listener { .. }) {
         return Ok(Outcome::Done(Done::cont()));
     }

@@ -16,6 +16,7 @@ use super::io::copy_of;
 use super::{Ctx, Done, Outcome, Result, Supervisor, read_u64};
 use crate::sys::{self, fd as sfd};
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::rc::Rc;
 
 const NS: i64 = 1_000_000_000;
 
@@ -72,7 +73,8 @@ pub fn record_epoll(s: &mut Supervisor, ctx: &Ctx) -> Result<Outcome> {
     if dl.is_some_and(|d| d <= now()) {
         return Ok(Outcome::Done(Done::ret(0)));
     }
-    s.waits.add(&s.ep, ctx.vid, copy, libc::EPOLLIN as u32)?;
+    let out = super::io::block_on(s, ctx, &copy, libc::EPOLLIN as u32)?;
+    let _ = out;
     Ok(Outcome::Block(Wait::Ready { deadline: dl }))
 }
 
@@ -80,7 +82,7 @@ pub fn record_epoll(s: &mut Supervisor, ctx: &Ctx) -> Result<Outcome> {
 struct Polled {
     fd: i32,
     events: i16,
-    copy: Option<OwnedFd>,
+    copy: Option<Rc<OwnedFd>>,
     revents: i16,
 }
 
@@ -125,7 +127,10 @@ fn poll_once(list: &mut [Polled]) -> usize {
 fn park_on(s: &mut Supervisor, ctx: &Ctx, list: Vec<Polled>, dl: Option<i64>) -> Result<Outcome> {
     for p in list {
         if let Some(c) = p.copy {
-            s.waits.add(&s.ep, ctx.vid, c, to_epoll(p.events))?;
+            let dup = c.try_clone().map_err(|e| {
+                sys::SysError::new("dup", "a copy to wait on", sys::Errno(e.raw_os_error().unwrap_or(0)))
+            })?;
+            s.waits.add(&s.ep, ctx.vid, dup, to_epoll(p.events))?;
         }
     }
     Ok(Outcome::Block(Wait::Ready { deadline: dl }))
