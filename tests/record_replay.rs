@@ -396,3 +396,77 @@ fn signals_from_outside_are_delivered_at_recorded_points() {
     assert_eq!(text(&out.stdout), "ready\nhup 1\nhup 2\nhup 3\n");
     assert_replays(&log);
 }
+
+/// Keeps the header, state and the first `keep` of the events of a log (no
+/// end record), as a backup holds it when its primary dies.
+fn cut_log(src: &Path, dst: &Path, keep: f64) {
+    use ::ftnet::replica::log::{Frame, FrameKind, LogError, Reader, Sink, Writer};
+    struct VecSink(Vec<u8>);
+    impl Sink for VecSink {
+        fn put(&mut self, kind: FrameKind, body: &[u8]) -> Result<(), LogError> {
+            self.0.extend_from_slice(&::ftnet::replica::log::frame(kind, body));
+            Ok(())
+        }
+        fn flush(&mut self) -> Result<(), LogError> {
+            Ok(())
+        }
+    }
+    let total = {
+        let mut r = Reader::new(std::fs::File::open(src).expect("open")).expect("log");
+        let mut n = 0;
+        while let Some(f) = r.next_frame().expect("frame") {
+            n += matches!(f, Frame::Event(_)) as usize;
+        }
+        n
+    };
+    let keep = (total as f64 * keep) as usize;
+    let mut r = Reader::new(std::fs::File::open(src).expect("open")).expect("log");
+    let mut w = Writer::new(VecSink(::ftnet::replica::log::preamble()));
+    let mut n = 0;
+    while let Some(f) = r.next_frame().expect("frame") {
+        match f {
+            Frame::Header(h) => w.header(&h).expect("header"),
+            Frame::State(s) => w.state(&s).expect("state"),
+            Frame::Event(e) if n < keep => {
+                w.event(&e).expect("event");
+                n += 1;
+            }
+            Frame::Event(_) => break,
+        }
+    }
+    std::fs::write(dst, &w.sink.0).expect("write cut log");
+}
+
+#[test]
+fn a_cut_log_replays_then_goes_live() {
+    let p = prog("steps");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).expect("mkdir");
+    let log = dir.path().join("steps.log");
+    let out = record_bg(&log, &[&state], &[p.to_str().expect("utf8"), state.to_str().expect("utf8")])
+        .wait(Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let cut = dir.path().join("cut.log");
+    cut_log(&log, &cut, 0.6);
+    let plain = replay(&cut);
+    assert_eq!(plain.status.code(), Some(1), "a cut log is an error without --go-live");
+    assert!(text(&plain.stderr).contains("without an end record"), "{}", text(&plain.stderr));
+    let mut c = Command::new(ftnet());
+    c.args(["replay", "--go-live", "--cpu", &cpu(), "--log"]).arg(&cut);
+    let live = c.output().expect("replay --go-live");
+    assert_eq!(live.status.code(), Some(0), "{}", text(&live.stderr));
+    let stdout = text(&live.stdout);
+    // The replayed steps were not written again; the live ones were, in order.
+    assert!(!stdout.contains("step 0 "), "{stdout}\n{}", text(&live.stderr));
+    assert!(stdout.ends_with("step 19 mono_ok 1\ndone\n"), "{stdout}");
+    let first_live: usize = stdout
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .expect("a live step");
+    let expected: String = (first_live..20).map(|i| format!("step {i} mono_ok 1\n")).collect::<String>() + "done\n";
+    assert_eq!(stdout, expected, "every step after the cut ran exactly once, clocks monotonic");
+    assert!(text(&live.stderr).contains("now runs live"), "{}", text(&live.stderr));
+}

@@ -54,6 +54,11 @@ enum Cmd {
         /// before declaring it stalled (a divergence).
         #[arg(long, default_value = "30", value_name = "SECONDS")]
         stall: u64,
+        /// When the log ends without an end record (a cut stream), let the
+        /// replica go on running live, as a backup does when it takes over,
+        /// and exit with its status.
+        #[arg(long)]
+        go_live: bool,
     },
     /// Print a log's header and events, one per line (for debugging; the
     /// output contains the recorded input bytes, which are secrets).
@@ -82,13 +87,13 @@ fn main() {
                 Err(e) => fail(e),
             }
         }
-        Cmd::Replay { log, cpu, stall } => {
+        Cmd::Replay { log, cpu, stall, go_live } => {
             let opts = Options { stall: Duration::from_secs(stall), ..Options::default() };
-            match launch::replay(launch::ReplayArgs { log, cpu: Some(cpu), opts }) {
+            match launch::replay(launch::ReplayArgs { log, cpu: Some(cpu), opts, go_live }) {
                 Ok(s) => {
                     summary("replay", &s);
                     eprintln!("ftnet replay: the whole log was replayed and every output matched");
-                    0
+                    if go_live { s.status } else { 0 }
                 }
                 Err(e) => fail(e),
             }
@@ -106,6 +111,15 @@ fn main() {
 
 fn dump(path: &std::path::Path) -> Result<(), ftnet::replica::log::LogError> {
     use ftnet::replica::log::{Event, Frame, LogError, Reader};
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    macro_rules! println {
+        ($($t:tt)*) => {
+            if writeln!(out, $($t)*).is_err() {
+                return Ok(());
+            }
+        };
+    }
     let f = std::fs::File::open(path).map_err(|source| LogError::Io { path: path.display().to_string(), source })?;
     let mut r = Reader::new(std::io::BufReader::new(f))?;
     let mut calls = 0u64;

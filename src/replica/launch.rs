@@ -31,6 +31,9 @@ pub struct ReplayArgs {
     pub log: PathBuf,
     pub cpu: Option<usize>,
     pub opts: Options,
+    /// When the log ends without an end record, let the replica go on live
+    /// (what a backup does at takeover) instead of failing.
+    pub go_live: bool,
 }
 
 /// Counters printed when a run ends.
@@ -239,7 +242,10 @@ pub fn record(args: RecordArgs) -> Result<Summary> {
     let mut sup = Supervisor::new(Mode::Record(w), args.opts, listener, sigfd, init)?;
     let root = sup.adopt_root(tid);
     sup.log(&super::log::Event::Switch { to: root })?;
-    let status = sup.run()?;
+    let status = match sup.run()? {
+        super::engine::RunEnd::Exited(s) => s,
+        super::engine::RunEnd::LogCut => return Err(setup("internal: recording ended as a cut log")),
+    };
     let (events, bytes) = match &sup.mode {
         Mode::Record(w) => (w.events, w.bytes),
         Mode::Replay(_) => (0, 0),
@@ -318,10 +324,24 @@ pub fn replay(args: ReplayArgs) -> Result<Summary> {
         filter,
     };
     let (listener, sigfd, init, tid) = start(spec, args.cpu)?;
-    let mut sup = Supervisor::new(Mode::Replay(Box::new(reader)), args.opts, listener, sigfd, init)?;
+    let mut opts = args.opts;
+    opts.live = args.go_live;
+    let mut sup = Supervisor::new(Mode::Replay(Box::new(reader)), opts, listener, sigfd, init)?;
     sup.peeked = Some(first);
     sup.adopt_root(tid);
-    let status = sup.run()?;
+    if args.go_live {
+        sup.live = Some(super::engine::live::shared());
+    }
+    let status = match sup.run()? {
+        super::engine::RunEnd::Exited(s) => s,
+        super::engine::RunEnd::LogCut => {
+            sup.go_live(Box::new(super::log::NullSink))?;
+            match sup.run()? {
+                super::engine::RunEnd::Exited(s) => s,
+                super::engine::RunEnd::LogCut => return Err(super::log::LogError::NoEnd(0).into()),
+            }
+        }
+    };
     let events = match &sup.mode {
         Mode::Replay(r) => r.events(),
         Mode::Record(_) => 0,

@@ -249,6 +249,18 @@ impl Sink for Box<dyn Sink> {
     }
 }
 
+/// A sink that keeps nothing (a live replica nobody replicates).
+pub struct NullSink;
+
+impl Sink for NullSink {
+    fn put(&mut self, _: FrameKind, _: &[u8]) -> Result<(), LogError> {
+        Ok(())
+    }
+    fn flush(&mut self) -> Result<(), LogError> {
+        Ok(())
+    }
+}
+
 /// A log file, created mode 0600 (it holds every input byte, enough to derive
 /// the replica's TLS keys).
 pub struct FileSink {

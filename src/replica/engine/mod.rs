@@ -23,6 +23,7 @@
 
 pub mod calls;
 pub mod fds;
+pub mod live;
 pub mod report;
 pub mod signals;
 pub mod threads;
@@ -50,6 +51,15 @@ pub enum Mode {
     Replay(Box<crate::replica::log::Reader<Box<dyn std::io::Read>>>),
 }
 
+/// How a run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunEnd {
+    /// The replica tree is gone; the status `ftnet record` exits with.
+    Exited(i32),
+    /// Replay reached the end of a live stream that was cut (takeover).
+    LogCut,
+}
+
 /// Tunables.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -57,11 +67,14 @@ pub struct Options {
     pub stall: Duration,
     /// Longest time a thread keeps the token while others are ready (ns).
     pub slice_ns: i64,
+    /// Replaying a live stream: its end without an end record is a takeover,
+    /// not an error.
+    pub live: bool,
 }
 
 impl Default for Options {
     fn default() -> Options {
-        Options { stall: Duration::from_secs(30), slice_ns: 20_000_000 }
+        Options { stall: Duration::from_secs(30), slice_ns: 20_000_000, live: false }
     }
 }
 
@@ -147,6 +160,12 @@ pub struct Supervisor {
     pub peeked: Option<Event>,
     /// Record: when to next look for signals sent from outside the tree.
     pub next_signal_scan: i64,
+    /// Backup: what a takeover needs (set by the node before running).
+    pub live: Option<live::Shared>,
+    /// Added to CLOCK_MONOTONIC-family and CLOCK_BOOTTIME-family values the
+    /// replica sees after going live, so its clocks continue the log's.
+    pub clock_offset: i64,
+    pub boot_offset: i64,
 }
 
 impl Supervisor {
@@ -176,6 +195,9 @@ impl Supervisor {
             offsets: Default::default(),
             peeked: None,
             next_signal_scan: 0,
+            live: None,
+            clock_offset: 0,
+            boot_offset: 0,
         })
     }
 
@@ -206,9 +228,33 @@ impl Supervisor {
     }
 
     /// Runs the replica to the end. Returns the status `ftnet record`/
-    /// `ftnet replay` exits with.
-    pub fn run(&mut self) -> Result<i32> {
-        if self.recording() { self.run_record() } else { self.run_replay() }
+    /// `ftnet replay` exits with, or [`RunEnd::LogCut`] when replaying a
+    /// stream that ended without an end record while `Options::live` is set
+    /// (the primary is gone: the caller takes over and calls
+    /// [`Supervisor::go_live`], then `run` again).
+    pub fn run(&mut self) -> Result<RunEnd> {
+        if self.recording() {
+            return self.run_record().map(RunEnd::Exited);
+        }
+        match self.run_replay() {
+            Ok(status) => Ok(RunEnd::Exited(status)),
+            Err(EngineError::Log(crate::replica::log::LogError::NoEnd(_))) if self.opts.live => Ok(RunEnd::LogCut),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The replica's view of `clock` now (ns), offsets included.
+    pub fn replica_clock(&self, clock: libc::clockid_t) -> i64 {
+        sfd::clock_ns(clock) + self.offset_of(clock)
+    }
+
+    /// The offset added to `clock` for the replica.
+    pub fn offset_of(&self, clock: libc::clockid_t) -> i64 {
+        match clock {
+            libc::CLOCK_MONOTONIC | libc::CLOCK_MONOTONIC_RAW | libc::CLOCK_MONOTONIC_COARSE => self.clock_offset,
+            libc::CLOCK_BOOTTIME | libc::CLOCK_BOOTTIME_ALARM => self.boot_offset,
+            _ => 0,
+        }
     }
 
     // ---------------------------------------------------------------- record

@@ -258,6 +258,11 @@ impl Supervisor {
             if pvid == 0 {
                 self.root_exit = Some(how);
             }
+            if let Some(live) = &self.live
+                && let Ok(mut st) = live.lock()
+            {
+                st.process_gone(pvid);
+            }
             if let Some(parent) = self.tree.p(pvid).parent {
                 self.tree.pm(parent).check_pending = true;
                 self.wake_child_waiters(parent)?;

@@ -23,8 +23,13 @@ fn ts_bytes(ns: i64) -> Vec<u8> {
     b
 }
 
-/// The value of clock `clk` as the replica would read it, in ns.
-fn clock_value(ctx: &Ctx, clk: i32) -> Option<i64> {
+/// The value of clock `clk` as the replica would read it, in ns (after a
+/// takeover, offset so the replica's clocks continue the log's).
+fn clock_value(s: &Supervisor, ctx: &Ctx, clk: i32) -> Option<i64> {
+    raw_clock_value(ctx, clk).map(|v| v + s.offset_of(clk))
+}
+
+fn raw_clock_value(ctx: &Ctx, clk: i32) -> Option<i64> {
     match clk {
         libc::CLOCK_REALTIME
         | libc::CLOCK_MONOTONIC
@@ -158,7 +163,7 @@ pub fn record(s: &mut Supervisor, ctx: &Ctx) -> Result<Outcome> {
     use libc::*;
     let a = ctx.a;
     let done = match ctx.nr as i64 {
-        SYS_clock_gettime => match clock_value(ctx, a[0] as i32) {
+        SYS_clock_gettime => match clock_value(s, ctx, a[0] as i32) {
             Some(v) if a[1] != 0 => Done::ret(0).with_mem(a[1], ts_bytes(v)),
             Some(_) => Done::ret(-(EFAULT as i64)),
             None => Done::ret(-(EINVAL as i64)),

@@ -423,9 +423,10 @@ impl IoArgs {
     }
 }
 
-/// Replay: checks that the replica wrote the same bytes as in the recording.
-pub fn verify_output(s: &mut Supervisor, ctx: &Ctx, c: &Call) -> Result<()> {
-    let Some(check) = &c.check else { return Ok(()) };
+/// Replay: checks that the replica wrote the same bytes as in the recording;
+/// returns them.
+pub fn verify_output(s: &mut Supervisor, ctx: &Ctx, c: &Call) -> Result<Vec<u8>> {
+    let Some(check) = &c.check else { return Ok(vec![]) };
     let (fd, data) = if ctx.nr as i64 == libc::SYS_sendfile {
         (ctx.a[0] as i32, sendfile_bytes(s, ctx, c)?)
     } else {
@@ -445,7 +446,7 @@ pub fn verify_output(s: &mut Supervisor, ctx: &Ctx, c: &Call) -> Result<()> {
         describe_bytes(&mut d, &check.digest, &data, check.offset);
         return Err(EngineError::Divergence(Box::new(d)));
     }
-    Ok(())
+    Ok(data)
 }
 
 // ------------------------------------------------------------------ sendfile

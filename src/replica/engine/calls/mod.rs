@@ -65,10 +65,11 @@ pub fn replay(s: &mut Supervisor, ctx: &Ctx, c: Call) -> Result<Done> {
         SYS_exit_group => sync::note_exit_group(s, ctx),
         _ => {}
     }
+    let mut written = vec![];
     if let Some(check) = &c.check {
         match check.kind {
             CheckKind::FileInput => return io::replay_file_input(s, ctx, c),
-            CheckKind::Output => io::verify_output(s, ctx, &c)?,
+            CheckKind::Output => written = io::verify_output(s, ctx, &c)?,
         }
     }
     if let Answer::Ret(r) = c.answer
@@ -77,7 +78,67 @@ pub fn replay(s: &mut Supervisor, ctx: &Ctx, c: Call) -> Result<Done> {
     {
         io::replay_sendfile_offset(s, ctx, r)?;
     }
+    if s.live.is_some() {
+        note_for_takeover(s, ctx, &c, &written)?;
+    }
     Ok(Done { answer: c.answer, mem: c.mem, check: c.check, newfd: None })
+}
+
+/// Backup: keeps what a takeover needs (see `live`).
+#[allow(non_upper_case_globals)]
+fn note_for_takeover(s: &mut Supervisor, ctx: &Ctx, c: &Call, written: &[u8]) -> Result<()> {
+    use libc::*;
+    let Some(live) = s.live.clone() else { return Ok(()) };
+    let mut st = live.lock().map_err(|_| EngineError::Internal("live state poisoned".into()))?;
+    let (pvid, a) = (ctx.pvid, ctx.a);
+    let ret = match c.answer {
+        Answer::Ret(r) => r,
+        _ => -1,
+    };
+    match ctx.nr as i64 {
+        SYS_accept | SYS_accept4 => {
+            if let Answer::Accepted { fd, local, peer, nonblock, .. } = &c.answer {
+                st.accepted(pvid, *fd, local, peer, *nonblock);
+            }
+        }
+        SYS_bind if ret == 0 => {
+            let sa = sys::mem::read(ctx.tid, a[1], (a[2] as usize).min(128))?;
+            st.bound(pvid, a[0] as i32, &sa);
+        }
+        SYS_listen if ret == 0 => st.listened(pvid, a[0] as i32, a[1] as i32),
+        SYS_read | SYS_readv | SYS_recvfrom | SYS_recvmsg if ret > 0 => st.read(pvid, a[0] as i32, ret as u64),
+        SYS_write | SYS_writev | SYS_sendto | SYS_sendmsg | SYS_sendfile if ret > 0 => {
+            st.wrote(pvid, a[0] as i32, written)
+        }
+        SYS_shutdown if ret == 0 => st.shutdown(pvid, a[0] as i32, a[1] as i32),
+        SYS_close => st.closed(pvid, a[0] as i32),
+        SYS_dup2 | SYS_dup3 => st.closed(pvid, a[1] as i32),
+        SYS_close_range => {
+            let fds: Vec<i32> = st
+                .conns
+                .keys()
+                .chain(st.listeners.keys())
+                .filter(|k| k.0 == pvid && (k.1 as u64) >= a[0] && (k.1 as u64) <= a[1])
+                .map(|k| k.1)
+                .collect();
+            for fd in fds {
+                st.closed(pvid, fd);
+            }
+        }
+        SYS_clock_gettime if ret == 0 => {
+            if let Some(m) = c.mem.first()
+                && m.bytes.len() >= 16
+            {
+                let b = &m.bytes;
+                let sec = i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
+                let nsec = i64::from_le_bytes([b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]]);
+                let now = crate::sys::fd::clock_ns(CLOCK_MONOTONIC);
+                st.clocks.insert(a[0] as i32, (sec * 1_000_000_000 + nsec, now));
+            }
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 // ------------------------------------------------------------------ helpers

@@ -83,7 +83,7 @@ pub fn record_futex(s: &mut Supervisor, ctx: &Ctx) -> Result<Outcome> {
                 } else if op & FUTEX_CLOCK_REALTIME != 0 {
                     t - sfd::clock_ns(libc::CLOCK_REALTIME) + now()
                 } else {
-                    t
+                    t - s.offset_of(libc::CLOCK_MONOTONIC)
                 };
                 s.tree.tm(ctx.vid).deadline = Some(dl);
             }
@@ -216,7 +216,7 @@ pub fn record_sleep(s: &mut Supervisor, ctx: &Ctx) -> Result<Outcome> {
             if !matches!(clock, libc::CLOCK_REALTIME | libc::CLOCK_MONOTONIC | libc::CLOCK_BOOTTIME | libc::CLOCK_TAI) {
                 return Ok(Outcome::Done(Done::ret(-(libc::EINVAL as i64))));
             }
-            t - sfd::clock_ns(clock) + now()
+            t - s.replica_clock(clock) + now()
         } else {
             now().saturating_add(t)
         };
