@@ -1,2 +1,10 @@
 //! The packet layer on the service address: NFQUEUE capture, VIP and
 //! gratuitous ARP.
+
+pub mod capture;
+pub mod forward;
+pub mod nfqueue;
+pub mod queue;
+pub mod receiver;
+pub mod rules;
+pub mod verdict;

@@ -12,6 +12,7 @@
 
 pub mod fd;
 pub mod mem;
+pub mod netlink;
 pub mod packet;
 pub mod pidfd;
 pub mod ptrace;
