@@ -12,7 +12,9 @@
 //!   `// SAFETY:` line.
 #![deny(unsafe_code)]
 
+pub mod link;
 pub mod net;
+pub mod node;
 pub mod replica;
 #[allow(unsafe_code)]
 pub mod sys;

@@ -1,0 +1,3 @@
+//! The daemon: roles, failure detection, the promote sequence.
+
+pub mod config;
