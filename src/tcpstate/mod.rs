@@ -45,6 +45,7 @@
 //! - the tracker never reads a clock; all times are the caller's `now_ns`.
 
 mod buffer;
+pub mod build;
 mod conn;
 pub mod options;
 pub mod seq;
