@@ -63,7 +63,9 @@ pub fn establish(
     w.write_all(hs.greeting()).map_err(io("send greeting"))?;
     let mut g = [0u8; GREETING_LEN];
     read_exact(&mut &stream, &mut g)?;
-    let session = hs.finish(&g)?;
+    // A greeting with a wrong magic, version, kind or length is a rejected
+    // frame like any other: counted before the connection is dropped.
+    let session = hs.finish(&g).inspect_err(|e| receiver.counters().count(e))?;
     receiver.attach(session.rx);
     sender.attach(session.tx);
 

@@ -3,6 +3,7 @@
 
 pub mod aftercare;
 pub mod capture;
+pub mod commit;
 pub mod forward;
 pub mod nfqueue;
 pub mod queue;

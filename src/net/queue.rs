@@ -186,6 +186,11 @@ impl Queue {
         self.num
     }
 
+    /// The netlink socket, to poll it together with other wake-ups.
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.sock)
+    }
+
     /// Sends one configuration message and waits for its acknowledgement.
     /// Packets delivered meanwhile (none, if the rules come after `open`)
     /// are dropped.

@@ -15,6 +15,9 @@ use std::io::Read;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
+/// Set by the daemon: stop requests reach its main thread, not the engine.
+pub static DAEMON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Masks RDRAND and RDSEED from OpenSSL's CPU dispatch: the instructions
 /// cannot be trapped here, so a replica must not use them.
 pub const OPENSSL_MASK: &str = "OPENSSL_ia32cap=~0x4000000000000000:~0x40000";
@@ -111,7 +114,13 @@ fn require_root() -> Result<()> {
 /// pieces: the listener, the signalfd, the init's pid and the replica's tid.
 fn start(spec: spawn::Spec, cpu: Option<usize>) -> Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd, i32, i32)> {
     seccomp::check_sizes()?;
-    let sigfd = sfd::signalfd_for(&[libc::SIGCHLD, libc::SIGINT, libc::SIGTERM, libc::SIGHUP])?;
+    // In `ftnet up` the daemon's main thread owns SIGINT/SIGTERM/SIGHUP (they
+    // are blocked everywhere); the engine only takes SIGCHLD then.
+    let sigfd = if DAEMON.load(std::sync::atomic::Ordering::Relaxed) {
+        sfd::signalfd_for(&[libc::SIGCHLD])?
+    } else {
+        sfd::signalfd_for(&[libc::SIGCHLD, libc::SIGINT, libc::SIGTERM, libc::SIGHUP])?
+    };
     sfd::ignore_signal(libc::SIGPIPE, true)?;
     if let Some(c) = cpu {
         sfd::pin_self(c)?;
@@ -174,41 +183,71 @@ fn start(spec: spawn::Spec, cpu: Option<usize>) -> Result<(std::os::fd::OwnedFd,
     Ok((listener, sigfd, init, replica))
 }
 
-/// `ftnet record`.
-pub fn record(args: RecordArgs) -> Result<Summary> {
-    require_root()?;
-    let Some(cmd0) = args.cmd.first() else { return Err(setup("no command given")) };
-    let exe = resolve_exe(cmd0)?;
-    let exe_bytes = exe.as_os_str().as_encoded_bytes().to_vec();
-    let argv: Vec<Vec<u8>> = args.cmd.iter().map(|a| a.as_encoded_bytes().to_vec()).collect();
-    let mut env: Vec<Vec<u8>> = std::env::vars_os()
-        .filter(|(k, _)| k != "OPENSSL_ia32cap")
-        .map(|(k, v)| {
-            let mut e = k.into_encoded_bytes();
-            e.push(b'=');
-            e.extend_from_slice(v.as_encoded_bytes());
-            e
-        })
-        .collect();
-    env.push(OPENSSL_MASK.as_bytes().to_vec());
-    let cwd = std::env::current_dir().map_err(|e| setup(format!("current directory: {e}")))?;
+/// What to run: the executable (as given to `execve`), its arguments,
+/// environment and working directory.
+pub struct Program {
+    pub exe: PathBuf,
+    pub argv: Vec<Vec<u8>>,
+    pub env: Vec<Vec<u8>>,
+    pub cwd: PathBuf,
+}
+
+impl Program {
+    /// `cmd` resolved through PATH, with ftnet's own environment (plus the
+    /// OpenSSL mask) and working directory: what `ftnet record` runs.
+    pub fn from_command(cmd: &[std::ffi::OsString]) -> Result<Program> {
+        let Some(cmd0) = cmd.first() else { return Err(setup("no command given")) };
+        let exe = resolve_exe(cmd0)?;
+        let mut env: Vec<Vec<u8>> = std::env::vars_os()
+            .filter(|(k, _)| k != "OPENSSL_ia32cap")
+            .map(|(k, v)| {
+                let mut e = k.into_encoded_bytes();
+                e.push(b'=');
+                e.extend_from_slice(v.as_encoded_bytes());
+                e
+            })
+            .collect();
+        env.push(OPENSSL_MASK.as_bytes().to_vec());
+        let cwd = std::env::current_dir().map_err(|e| setup(format!("current directory: {e}")))?;
+        Ok(Program { exe, argv: cmd.iter().map(|a| a.as_encoded_bytes().to_vec()).collect(), env, cwd })
+    }
+
+    /// A program with an environment that does not depend on how ftnet was
+    /// started (so both nodes of a pair give the replica the same one):
+    /// a fixed PATH, the OpenSSL mask, then `extra`.
+    pub fn with_clean_env(cmd: &[String], extra: &[String], cwd: &Path) -> Result<Program> {
+        let os: Vec<std::ffi::OsString> = cmd.iter().map(|c| c.into()).collect();
+        let Some(cmd0) = os.first() else { return Err(setup("no command given")) };
+        let exe = resolve_exe(cmd0)?;
+        let mut env: Vec<Vec<u8>> = vec![
+            b"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_vec(),
+            OPENSSL_MASK.as_bytes().to_vec(),
+        ];
+        env.extend(extra.iter().map(|e| e.as_bytes().to_vec()));
+        Ok(Program { exe, argv: cmd.iter().map(|a| a.as_bytes().to_vec()).collect(), env, cwd: cwd.to_path_buf() })
+    }
+}
+
+/// The log header for `program` (digests of its executable and libraries,
+/// this host's facts) and the snapshot of `state` directories.
+pub fn header_for(program: &Program, state: &[PathBuf]) -> Result<(Header, Vec<StateEntry>)> {
     let mut files = vec![];
-    for f in super::elf::closure(&exe) {
+    for f in super::elf::closure(&program.exe) {
         files.push(FileDigest { path: f.as_os_str().as_encoded_bytes().to_vec(), blake3: digest_file(&f)? });
     }
     let (kernel, thp) = kernel_facts();
     let mut state_dirs = vec![];
-    let mut state = vec![];
-    for (i, d) in args.state.iter().enumerate() {
+    let mut entries = vec![];
+    for (i, d) in state.iter().enumerate() {
         let abs = std::fs::canonicalize(d).map_err(|e| setup(format!("state directory {}: {e}", d.display())))?;
-        state.extend(super::state::snapshot(i as u32, &abs).map_err(|e| setup(e.to_string()))?);
+        entries.extend(super::state::snapshot(i as u32, &abs).map_err(|e| setup(e.to_string()))?);
         state_dirs.push(abs.into_os_string().into_encoded_bytes());
     }
     let header = Header {
-        exe: exe_bytes.clone(),
-        argv: argv.clone(),
-        env: env.clone(),
-        cwd: cwd.as_os_str().as_encoded_bytes().to_vec(),
+        exe: program.exe.as_os_str().as_encoded_bytes().to_vec(),
+        argv: program.argv.clone(),
+        env: program.env.clone(),
+        cwd: program.cwd.as_os_str().as_encoded_bytes().to_vec(),
         rlimits: rlimits(),
         umask: umask(),
         files,
@@ -220,10 +259,22 @@ pub fn record(args: RecordArgs) -> Result<Summary> {
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0),
     };
-    let sink: Box<dyn Sink> = Box::new(FileSink::create(&args.log)?);
+    Ok((header, entries))
+}
+
+/// Starts recording `header`'s program into `sink` (header and state go
+/// first). Returns the supervisor, ready to [`Supervisor::run`].
+pub fn start_recording(
+    header: &Header,
+    state: &[StateEntry],
+    sink: Box<dyn Sink>,
+    cpu: Option<usize>,
+    opts: Options,
+) -> Result<Supervisor> {
+    require_root()?;
     let mut w = Writer::new(sink);
-    w.header(&header)?;
-    for e in &state {
+    w.header(header)?;
+    for e in state {
         w.state(e)?;
     }
     let filter = super::filter::build().map_err(|e| setup(e.to_string()))?;
@@ -232,16 +283,26 @@ pub fn record(args: RecordArgs) -> Result<Summary> {
         argv: &header.argv,
         env: &header.env,
         cwd: &header.cwd,
-        cpu: args.cpu,
+        cpu,
         rlimits: &[],
         umask: header.umask,
         binds: &[],
         filter,
     };
-    let (listener, sigfd, init, tid) = start(spec, args.cpu)?;
-    let mut sup = Supervisor::new(Mode::Record(w), args.opts, listener, sigfd, init)?;
+    let (listener, sigfd, init, tid) = start(spec, cpu)?;
+    let mut sup = Supervisor::new(Mode::Record(w), opts, listener, sigfd, init)?;
     let root = sup.adopt_root(tid);
     sup.log(&super::log::Event::Switch { to: root })?;
+    Ok(sup)
+}
+
+/// `ftnet record`.
+pub fn record(args: RecordArgs) -> Result<Summary> {
+    require_root()?;
+    let program = Program::from_command(&args.cmd)?;
+    let (header, state) = header_for(&program, &args.state)?;
+    let sink: Box<dyn Sink> = Box::new(FileSink::create(&args.log)?);
+    let mut sup = start_recording(&header, &state, sink, args.cpu, args.opts)?;
     let status = match sup.run()? {
         super::engine::RunEnd::Exited(s) => s,
         super::engine::RunEnd::LogCut => return Err(setup("internal: recording ended as a cut log")),
@@ -294,11 +355,20 @@ fn compare_host(h: &Header) -> Vec<String> {
     diffs
 }
 
-/// `ftnet replay`.
-pub fn replay(args: ReplayArgs) -> Result<Summary> {
+/// A replay started from a log stream: the supervisor (its first event
+/// already read) and the private copies of the state directories, which
+/// must outlive it.
+pub struct Replaying {
+    pub sup: Supervisor,
+    pub header: Header,
+    pub scratch: tempfile::TempDir,
+}
+
+/// Starts replaying the log on `input` (preamble, header, state, events):
+/// checks this host can, restores the state copies, starts the replica.
+/// Blocks until the first event arrives.
+pub fn start_replay(input: Box<dyn Read>, cpu: Option<usize>, opts: Options) -> Result<Replaying> {
     require_root()?;
-    let f = std::fs::File::open(&args.log).map_err(|e| setup(format!("{}: {e}", args.log.display())))?;
-    let input: Box<dyn Read> = Box::new(std::io::BufReader::with_capacity(1 << 20, f));
     let mut reader = Reader::new(input)?;
     let (header, state, first) = read_prologue(&mut reader)?;
     let Some(first) = first else { return Err(super::log::LogError::NoEnd(reader.offset()).into()) };
@@ -317,18 +387,27 @@ pub fn replay(args: ReplayArgs) -> Result<Summary> {
         argv: &header.argv,
         env: &header.env,
         cwd: &header.cwd,
-        cpu: args.cpu,
+        cpu,
         rlimits: &header.rlimits,
         umask: header.umask,
         binds: &binds,
         filter,
     };
-    let (listener, sigfd, init, tid) = start(spec, args.cpu)?;
-    let mut opts = args.opts;
-    opts.live = args.go_live;
+    let (listener, sigfd, init, tid) = start(spec, cpu)?;
     let mut sup = Supervisor::new(Mode::Replay(Box::new(reader)), opts, listener, sigfd, init)?;
     sup.peeked = Some(first);
     sup.adopt_root(tid);
+    Ok(Replaying { sup, header, scratch })
+}
+
+/// `ftnet replay`.
+pub fn replay(args: ReplayArgs) -> Result<Summary> {
+    require_root()?;
+    let f = std::fs::File::open(&args.log).map_err(|e| setup(format!("{}: {e}", args.log.display())))?;
+    let input: Box<dyn Read> = Box::new(std::io::BufReader::with_capacity(1 << 20, f));
+    let mut opts = args.opts;
+    opts.live = args.go_live;
+    let Replaying { mut sup, scratch, .. } = start_replay(input, args.cpu, opts)?;
     if args.go_live {
         sup.live = Some(super::engine::live::shared());
     }
@@ -349,6 +428,3 @@ pub fn replay(args: ReplayArgs) -> Result<Summary> {
     drop(scratch);
     Ok(Summary { status, stats: sup.stats.clone(), log_events: events, log_bytes: 0 })
 }
-
-#[allow(dead_code)]
-fn unused(_: &dyn Sink) {}

@@ -344,3 +344,53 @@ pub fn pod_bytes<T: Copy>(v: &T) -> Vec<u8> {
 pub fn own(fd: i32) -> OwnedFd {
     owned(fd as libc::c_long)
 }
+
+/// A non-blocking, close-on-exec eventfd (a wake-up between threads).
+pub fn eventfd() -> Result<OwnedFd> {
+    // SAFETY: no pointers.
+    let r = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+    check(r as _, "eventfd", "").map(owned)
+}
+
+/// Signals an eventfd (never blocks; a saturated counter is still readable).
+pub fn eventfd_signal(fd: BorrowedFd) {
+    let one = 1u64.to_ne_bytes();
+    // SAFETY: `one` is 8 readable bytes.
+    unsafe { libc::write(fd.as_raw_fd(), one.as_ptr().cast(), 8) };
+}
+
+/// Clears an eventfd's counter.
+pub fn eventfd_drain(fd: BorrowedFd) {
+    let mut b = [0u8; 8];
+    // SAFETY: `b` is 8 writable bytes.
+    unsafe { libc::read(fd.as_raw_fd(), b.as_mut_ptr().cast(), 8) };
+}
+
+/// `poll` on several descriptors for POLLIN; returns which are readable.
+pub fn poll_in(fds: &[BorrowedFd], timeout_ms: i32) -> Vec<bool> {
+    let mut p: Vec<libc::pollfd> =
+        fds.iter().map(|f| libc::pollfd { fd: f.as_raw_fd(), events: libc::POLLIN, revents: 0 }).collect();
+    // SAFETY: `p` is a valid array of pollfd.
+    let r = unsafe { libc::poll(p.as_mut_ptr(), p.len() as _, timeout_ms) };
+    if r <= 0 {
+        return vec![false; fds.len()];
+    }
+    p.iter().map(|x| x.revents != 0).collect()
+}
+
+/// Blocks `signals` in the calling thread (and the threads it starts later).
+pub fn block_signals(signals: &[i32]) -> Result<()> {
+    // SAFETY: `set` is initialised by sigemptyset before use.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for &s in signals {
+            libc::sigaddset(&mut set, s);
+        }
+        let r = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        if r != 0 {
+            return Err(SysError::new("pthread_sigmask", "SIG_BLOCK", Errno(r)));
+        }
+    }
+    Ok(())
+}

@@ -43,6 +43,12 @@ fn zeroed_sockaddr_nl() -> libc::sockaddr_nl {
     sa
 }
 
+impl std::os::fd::AsFd for NetlinkSocket {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
 impl NetlinkSocket {
     /// `socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, protocol)` and `bind` to
     /// port id 0 (the kernel picks one), no multicast groups.

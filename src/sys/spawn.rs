@@ -163,7 +163,13 @@ fn init_main(plan: &Plan) -> ! {
                 die(b"ftnet init: bind-mounting a state directory copy failed\n", 126);
             }
         }
-        libc::close(plan.go.1.as_raw_fd());
+        // The init must not keep the daemon's sockets (link, NFQUEUE, control)
+        // alive: close everything but the go pipe.
+        let go = plan.go.0.as_raw_fd() as u32;
+        if go > 3 {
+            libc::syscall(libc::SYS_close_range, 3u32, go - 1, 0u32);
+        }
+        libc::syscall(libc::SYS_close_range, go + 1, u32::MAX, 0u32);
         let mut b = 0u8;
         if libc::read(plan.go.0.as_raw_fd(), (&mut b as *mut u8).cast(), 1) != 1 {
             die(b"ftnet init: supervisor went away before start\n", 126);

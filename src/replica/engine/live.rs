@@ -40,6 +40,8 @@ pub struct LiveConn {
     pub peer: Vec<u8>,
     /// Client bytes the replica has read.
     pub read: u64,
+    /// Of those, how many the tracker was told about (`Tracker::consume`).
+    pub consumed: u64,
     /// Server bytes the replica has written.
     pub written: u64,
     /// Stream offset of `tail[0]`.

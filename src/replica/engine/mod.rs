@@ -44,6 +44,34 @@ const SIGNAL_SCAN_NS: i64 = 100_000_000;
 /// epoll tags in the supervisor's own set.
 const TAG_NOTIF: u64 = u64::MAX;
 const TAG_SIGNAL: u64 = u64::MAX - 1;
+const TAG_COMMAND: u64 = u64::MAX - 2;
+
+/// Requests from other threads of the daemon to the engine's thread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Deliver this signal to the replica's top processes at a recorded
+    /// point (record mode), as an operator's `kill` would.
+    Signal(i32),
+}
+
+/// The queue other threads post [`Command`]s to.
+#[derive(Clone)]
+pub struct Commands {
+    pub wake: std::sync::Arc<OwnedFd>,
+    pub queue: std::sync::Arc<std::sync::Mutex<Vec<Command>>>,
+}
+
+impl Commands {
+    pub fn new() -> Result<Commands> {
+        Ok(Commands { wake: std::sync::Arc::new(sfd::eventfd()?), queue: Default::default() })
+    }
+    pub fn post(&self, c: Command) {
+        if let Ok(mut q) = self.queue.lock() {
+            q.push(c);
+        }
+        sfd::eventfd_signal(self.wake.as_fd());
+    }
+}
 
 /// Where the engine's log goes or comes from.
 pub enum Mode {
@@ -162,6 +190,8 @@ pub struct Supervisor {
     pub next_signal_scan: i64,
     /// Backup: what a takeover needs (set by the node before running).
     pub live: Option<live::Shared>,
+    /// Requests from the daemon's other threads.
+    pub commands: Option<Commands>,
     /// Added to CLOCK_MONOTONIC-family and CLOCK_BOOTTIME-family values the
     /// replica sees after going live, so its clocks continue the log's.
     pub clock_offset: i64,
@@ -196,6 +226,7 @@ impl Supervisor {
             peeked: None,
             next_signal_scan: 0,
             live: None,
+            commands: None,
             clock_offset: 0,
             boot_offset: 0,
         })
@@ -581,6 +612,7 @@ impl Supervisor {
                     }
                 }
                 TAG_SIGNAL => self.on_signalfd()?,
+                TAG_COMMAND => self.on_commands()?,
                 tag => self.on_wait_ready(tag)?,
             }
         }
@@ -597,6 +629,41 @@ impl Supervisor {
             self.tree.tm(vid).at = At::Notif(n);
             Ok(())
         }
+    }
+
+    /// Accepts requests from the daemon's other threads.
+    pub fn set_commands(&mut self, c: Commands) -> Result<()> {
+        sfd::epoll_ctl(self.ep.as_fd(), libc::EPOLL_CTL_ADD, c.wake.as_fd(), libc::EPOLLIN as u32, TAG_COMMAND)?;
+        self.commands = Some(c);
+        Ok(())
+    }
+
+    fn on_commands(&mut self) -> Result<()> {
+        let Some(c) = self.commands.clone() else { return Ok(()) };
+        sfd::eventfd_drain(c.wake.as_fd());
+        let todo: Vec<Command> = c.queue.lock().map(|mut q| std::mem::take(&mut *q)).unwrap_or_default();
+        for cmd in todo {
+            match cmd {
+                Command::Signal(sig) if self.recording() => {
+                    for p in self.top_processes() {
+                        self.queue_process_signal(p, sig)?;
+                    }
+                }
+                Command::Signal(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Processes whose parent is not in the tree (the root, and anything
+    /// reparented to ftnet's init).
+    fn top_processes(&self) -> Vec<Pvid> {
+        self.tree
+            .procs
+            .iter()
+            .filter(|p| !p.exited && p.parent.is_none_or(|pp| self.tree.p(pp).exited))
+            .map(|p| p.pvid)
+            .collect()
     }
 
     fn on_signalfd(&mut self) -> Result<()> {
@@ -660,14 +727,7 @@ impl Supervisor {
         }
         if self.shutdown == 1 {
             tracing::info!("stopping the replica: SIGTERM at the next syscall boundary");
-            let tops: Vec<Pvid> = self
-                .tree
-                .procs
-                .iter()
-                .filter(|p| !p.exited && p.parent.is_none_or(|pp| self.tree.p(pp).exited))
-                .map(|p| p.pvid)
-                .collect();
-            for p in tops {
+            for p in self.top_processes() {
                 self.queue_process_signal(p, libc::SIGTERM)?;
             }
         } else {

@@ -106,7 +106,11 @@ fn note_for_takeover(s: &mut Supervisor, ctx: &Ctx, c: &Call, written: &[u8]) ->
             st.bound(pvid, a[0] as i32, &sa);
         }
         SYS_listen if ret == 0 => st.listened(pvid, a[0] as i32, a[1] as i32),
-        SYS_read | SYS_readv | SYS_recvfrom | SYS_recvmsg if ret > 0 => st.read(pvid, a[0] as i32, ret as u64),
+        // A peek (nginx peeks one byte to tell TLS from plain HTTP) consumes
+        // nothing.
+        SYS_recvfrom if ret > 0 && (a[3] as i32) & MSG_PEEK == 0 => st.read(pvid, a[0] as i32, ret as u64),
+        SYS_recvmsg if ret > 0 && (a[2] as i32) & MSG_PEEK == 0 => st.read(pvid, a[0] as i32, ret as u64),
+        SYS_read | SYS_readv if ret > 0 => st.read(pvid, a[0] as i32, ret as u64),
         SYS_write | SYS_writev | SYS_sendto | SYS_sendmsg | SYS_sendfile if ret > 0 => {
             st.wrote(pvid, a[0] as i32, written)
         }
