@@ -13,6 +13,12 @@ struct Cli {
     cmd: Cmd,
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum RoleArg {
+    Primary,
+    Backup,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Run CMD under recording: every nondeterministic input it receives
@@ -60,6 +66,51 @@ enum Cmd {
         #[arg(long)]
         go_live: bool,
     },
+    /// Run one node of a failover pair (foreground; logs to stderr). Both
+    /// nodes use the same configuration file except its [node] section. The
+    /// primary records its server and serves clients; the backup replays and
+    /// takes over (VIP and every live connection) when the primary dies or on
+    /// `ftnet promote`. Exits with the server's status when it stops by
+    /// itself.
+    Up {
+        /// The configuration file (see README, "Configuration").
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// The role this node starts in.
+        #[arg(long, value_enum, default_value = "backup")]
+        role: RoleArg,
+    },
+    /// Show a running node's state: role, peer, last heartbeat, log position
+    /// and lag, connections tracked, divergences, rejected frames.
+    Status {
+        /// The node's control socket.
+        #[arg(long, value_name = "PATH", default_value = "/run/ftnet/ftnet.sock")]
+        socket: PathBuf,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Planned switchover: ask the backup at SOCKET to take over (the
+    /// primary is fenced first, then the backup promotes). On a primary,
+    /// only `--force` is accepted: stop waiting for a lost backup and go on
+    /// alone (unprotected).
+    Promote {
+        /// The backup's control socket.
+        #[arg(long, value_name = "PATH", default_value = "/run/ftnet/ftnet.sock")]
+        socket: PathBuf,
+        /// Promote even a backup whose replica diverged.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Deliver a signal to the server on the primary at a recorded point (so
+    /// the backup's copy gets it too), e.g. `ftnet signal 3` makes nginx quit.
+    Signal {
+        /// The primary's control socket.
+        #[arg(long, value_name = "PATH", default_value = "/run/ftnet/ftnet.sock")]
+        socket: PathBuf,
+        /// The signal number.
+        signal: i32,
+    },
     /// Print a log's header and events, one per line (for debugging; the
     /// output contains the recorded input bytes, which are secrets).
     Dump {
@@ -98,6 +149,61 @@ fn main() {
                 Err(e) => fail(e),
             }
         }
+        Cmd::Up { config, role } => {
+            let role = match role {
+                RoleArg::Primary => ftnet::link::Role::Primary,
+                RoleArg::Backup => ftnet::link::Role::Backup,
+            };
+            match ftnet::node::daemon::up(&config, role) {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("ftnet: {e:#}");
+                    1
+                }
+            }
+        }
+        Cmd::Status { socket, json } => match ftnet::node::control::request(&socket, "status") {
+            Ok(v) if json => {
+                println!("{v}");
+                0
+            }
+            Ok(v) => {
+                print_status(&v);
+                0
+            }
+            Err(e) => {
+                eprintln!("ftnet: {e}");
+                1
+            }
+        },
+        Cmd::Promote { socket, force } => {
+            let req = if force { "promote --force" } else { "promote" };
+            match ftnet::node::control::request(&socket, req) {
+                Ok(v) if v["ok"] == true => {
+                    println!("{v}");
+                    0
+                }
+                Ok(v) => {
+                    eprintln!("ftnet: {v}");
+                    1
+                }
+                Err(e) => {
+                    eprintln!("ftnet: {e}");
+                    1
+                }
+            }
+        }
+        Cmd::Signal { socket, signal } => match ftnet::node::control::request(&socket, &format!("signal {signal}")) {
+            Ok(v) if v["ok"] == true => 0,
+            Ok(v) => {
+                eprintln!("ftnet: {v}");
+                1
+            }
+            Err(e) => {
+                eprintln!("ftnet: {e}");
+                1
+            }
+        },
         Cmd::Dump { log } => match dump(&log) {
             Ok(()) => 0,
             Err(e) => {
@@ -147,6 +253,35 @@ fn dump(path: &std::path::Path) -> Result<(), ftnet::replica::log::LogError> {
         }
     }
     Ok(())
+}
+
+fn print_status(v: &serde_json::Value) {
+    let s = |k: &str| v[k].as_str().unwrap_or("").to_string();
+    let n = |k: &str| v[k].as_u64().unwrap_or(0);
+    println!("node {} role {} state {}", s("node"), s("role"), s("state"));
+    let hb = v["last_heartbeat_ms_ago"].as_u64().map(|m| format!("{m} ms ago")).unwrap_or_else(|| "never".into());
+    println!("peer {} ({}), last heartbeat {hb}, epoch {}", s("peer"), s("peer_state"), n("epoch"));
+    println!(
+        "log position {} acked {} received {} applied {}; lag {} frames, {} bytes, {} ms",
+        n("log_position"),
+        n("acked"),
+        n("received"),
+        n("applied"),
+        n("lag_frames"),
+        n("lag_bytes"),
+        n("lag_ms")
+    );
+    println!("connections tracked {}", n("connections_tracked"));
+    println!("rejected frames {}", v["rejected_frames"]);
+    if let Some(c) = v["output_commit"].as_object() {
+        println!("output commit {}", serde_json::Value::Object(c.clone()));
+    }
+    for d in v["divergences"].as_array().into_iter().flatten() {
+        println!("DIVERGENCE {}", d.as_str().unwrap_or(""));
+    }
+    for d in v["notes"].as_array().into_iter().flatten() {
+        println!("note: {}", d.as_str().unwrap_or(""));
+    }
 }
 
 fn summary(what: &str, s: &launch::Summary) {

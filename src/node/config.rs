@@ -40,9 +40,6 @@ pub struct Service {
     pub interface: String,
     /// TCP ports served on the VIP.
     pub ports: Vec<u16>,
-    /// The CPU the replica tree and the supervisor run on.
-    #[serde(default)]
-    pub cpu: usize,
 }
 
 fn root() -> PathBuf {
@@ -107,6 +104,10 @@ pub struct Node {
     /// Where the node keeps its runtime files (logs of a promoted node).
     #[serde(default = "run_dir")]
     pub run_dir: PathBuf,
+    /// The CPU this node's replica tree runs on (the replica sees the
+    /// primary's recorded affinity either way).
+    #[serde(default)]
+    pub cpu: usize,
 }
 
 fn control() -> PathBuf {
@@ -129,7 +130,8 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let p = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: p.clone(), source })?;
-        let c: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse { path: p.clone(), source: Box::new(e) })?;
+        let c: Config =
+            toml::from_str(&text).map_err(|e| ConfigError::Parse { path: p.clone(), source: Box::new(e) })?;
         c.check(&p)?;
         Ok(c)
     }
@@ -140,7 +142,10 @@ impl Config {
             return bad("service.command", "is empty".into());
         }
         if self.vip().is_none() {
-            return bad("service.vip", format!("{:?} is not ADDRESS/PREFIX (IPv4; IPv6 VIPs are not covered yet)", self.service.vip));
+            return bad(
+                "service.vip",
+                format!("{:?} is not ADDRESS/PREFIX (IPv4; IPv6 VIPs are not covered yet)", self.service.vip),
+            );
         }
         if self.service.ports.is_empty() {
             return bad("service.ports", "names no port".into());

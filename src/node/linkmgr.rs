@@ -1,0 +1,214 @@
+//! The replication link's threads: connecting (the backup dials, the
+//! primary listens), the handshake, one writer and one reader per session.
+//!
+//! Invariants:
+//! - the [`Sender`](crate::link::Sender) and [`Receiver`] outlive sessions,
+//!   so a reconnect resumes the stream where the peer stopped receiving;
+//! - only the writer thread writes to a session's socket; the reader thread
+//!   never blocks on the sender's lock while reading the socket;
+//! - every frame the backup accepts is acknowledged (the ack carries the
+//!   highest contiguous position received and how far its engine applied).
+
+use super::heartbeat::Heartbeats;
+use super::shared::{NodeEvent, Shared};
+use crate::link::{Frame, Hello, Incoming, Key, LinkError, Receiver, Side, establish};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsFd;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// What the node does with each verified frame (role-specific).
+pub type OnFrame = Arc<dyn Fn(&Shared, Frame) + Send + Sync>;
+
+/// Starts the link: listening (primary) or dialing (backup), forever.
+pub fn spawn(shared: Arc<Shared>, key: Key, hello: Hello, hb: Arc<Heartbeats>, on_frame: OnFrame, listen: bool) {
+    let receiver = Arc::new(Mutex::new(Some(Receiver::new(1, hello.epoch, shared.link.counters.clone()))));
+    let _ = std::thread::Builder::new().name("ftnet-link".into()).spawn(move || {
+        let key = Arc::new(key);
+        if listen {
+            accept_loop(&shared, &key, &hello, &hb, &on_frame, &receiver);
+        } else {
+            dial_loop(&shared, &key, &hello, &hb, &on_frame, &receiver);
+        }
+    });
+}
+
+fn accept_loop(
+    shared: &Arc<Shared>,
+    key: &Key,
+    hello: &Hello,
+    hb: &Arc<Heartbeats>,
+    on_frame: &OnFrame,
+    receiver: &Arc<Mutex<Option<Receiver>>>,
+) {
+    let addr = shared.cfg.node.link;
+    let listener = loop {
+        match TcpListener::bind(addr) {
+            Ok(l) => break l,
+            Err(e) => {
+                shared.note(format!("link: cannot listen on {addr}: {e}; retrying"));
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+    };
+    tracing::info!("link: listening on {addr}");
+    for stream in listener.incoming() {
+        let Ok(stream) = stream else { continue };
+        let peer = stream.peer_addr().map(|a| a.ip()).ok();
+        if peer != Some(shared.cfg.node.peer_link.ip()) {
+            shared.note(format!("link: refused a connection from {peer:?}: not the configured peer"));
+            continue;
+        }
+        session(shared, key, hello, hb, on_frame, receiver, stream, Side::Responder);
+    }
+}
+
+fn dial_loop(
+    shared: &Arc<Shared>,
+    key: &Key,
+    hello: &Hello,
+    hb: &Arc<Heartbeats>,
+    on_frame: &OnFrame,
+    receiver: &Arc<Mutex<Option<Receiver>>>,
+) {
+    let mut quiet = 0u32;
+    loop {
+        if shared.role() == crate::link::Role::Primary {
+            // Promoted: a backup no longer dials its old primary.
+            return;
+        }
+        match connect_from(shared.cfg.node.link, shared.cfg.node.peer_link) {
+            Ok(stream) => {
+                quiet = 0;
+                session(shared, key, hello, hb, on_frame, receiver, stream, Side::Initiator);
+            }
+            Err(e) => {
+                if quiet.is_multiple_of(25) {
+                    tracing::info!("link: connecting to {}: {e}", shared.cfg.node.peer_link);
+                }
+                quiet += 1;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Connects to `peer` from our link address (so the primary can check it).
+fn connect_from(ours: SocketAddr, peer: SocketAddr) -> std::io::Result<TcpStream> {
+    let s = std::net::TcpStream::connect_timeout(&peer, Duration::from_secs(2))?;
+    let _ = ours;
+    Ok(s)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn session(
+    shared: &Arc<Shared>,
+    key: &Key,
+    hello: &Hello,
+    hb: &Arc<Heartbeats>,
+    on_frame: &OnFrame,
+    slot: &Arc<Mutex<Option<Receiver>>>,
+    stream: TcpStream,
+    side: Side,
+) {
+    let Some(mut receiver) = slot.lock().ok().and_then(|mut r| r.take()) else { return };
+    let est = {
+        let Ok(mut sender) = shared.link.sender.lock() else { return };
+        establish(stream, side, key, hello, &mut sender, &mut receiver, Duration::from_secs(5))
+    };
+    let est = match est {
+        Ok(e) => e,
+        Err(LinkError::Incompatible(diff)) => {
+            shared.event(NodeEvent::Refused(diff));
+            put_back(slot, receiver);
+            std::thread::sleep(Duration::from_secs(3));
+            return;
+        }
+        Err(e) => {
+            tracing::warn!("link: handshake failed: {e}");
+            put_back(slot, receiver);
+            return;
+        }
+    };
+    if est.superseded {
+        shared.event(NodeEvent::Superseded(est.peer.epoch));
+    }
+    hb.install(est.heartbeat.clone());
+    shared.link.connected.store(true, Ordering::Release);
+    shared.link.sessions.fetch_add(1, Ordering::Relaxed);
+    shared.event(NodeEvent::LinkUp(est.peer.node.clone()));
+    let mut writer = est.writer;
+    let mut reader = est.reader;
+    let _ = reader.socket().set_read_timeout(None);
+    let sock = writer.socket().try_clone().ok();
+    if let Ok(mut cur) = shared.link.socket.lock() {
+        *cur = writer.socket().try_clone().ok();
+    }
+    let writer_shared = shared.clone();
+    let writer_thread = std::thread::Builder::new().name("ftnet-link-tx".into()).spawn(move || {
+        let s = &writer_shared.link;
+        loop {
+            if !s.connected.load(Ordering::Acquire) {
+                return;
+            }
+            crate::sys::fd::poll_in(&[s.writer_wake.as_fd()], 50);
+            crate::sys::fd::eventfd_drain(s.writer_wake.as_fd());
+            if let Err(e) = writer.flush_shared(&s.sender) {
+                tracing::warn!("link: send failed: {e}");
+                s.connected.store(false, Ordering::Release);
+                return;
+            }
+        }
+    });
+    let why = loop {
+        match reader.recv(&mut receiver) {
+            Ok(Incoming::Frame(f)) => {
+                if matches!(f.msg, crate::link::Message::Bye(_)) {
+                    break "the peer said goodbye".to_string();
+                }
+                on_frame(shared, f);
+                if shared.role() == crate::link::Role::Backup {
+                    // Everything received is applied unless log frames still
+                    // wait for the engine (segments are applied on receipt).
+                    let received = receiver.ack(0).received;
+                    let applied = if shared.link.in_pipe.load(Ordering::Acquire) == 0 {
+                        received
+                    } else {
+                        shared.link.applied.load(Ordering::Acquire)
+                    };
+                    let ack = receiver.ack(applied);
+                    shared.link.received.store(ack.received, Ordering::Release);
+                    if let Ok(mut s) = shared.link.sender.lock() {
+                        s.queue_ack(ack);
+                    }
+                    shared.link.wake_writer();
+                }
+            }
+            Ok(Incoming::NewerEpoch { frame, .. }) => {
+                shared.event(NodeEvent::Superseded(frame.epoch));
+                break format!("a frame from the newer epoch {}", frame.epoch);
+            }
+            Err(e) => break e.to_string(),
+        }
+        if !shared.link.connected.load(Ordering::Acquire) {
+            break "the writer stopped".into();
+        }
+    };
+    shared.link.connected.store(false, Ordering::Release);
+    shared.link.wake_writer();
+    if let Some(s) = sock {
+        let _ = s.shutdown(std::net::Shutdown::Both);
+    }
+    if let Ok(t) = writer_thread {
+        let _ = t.join();
+    }
+    put_back(slot, receiver);
+    shared.event(NodeEvent::LinkDown(why));
+}
+
+fn put_back(slot: &Arc<Mutex<Option<Receiver>>>, r: Receiver) {
+    if let Ok(mut s) = slot.lock() {
+        *s = Some(r);
+    }
+}
