@@ -227,6 +227,16 @@ impl Sender {
         }
     }
 
+    /// Whether a stream frame or an ack waits to be transmitted.
+    pub fn has_untransmitted(&self) -> bool {
+        match &self.conn {
+            Some(Conn { cursor: Some(c), pending_ack, .. }) => {
+                pending_ack.is_some() || (*c).max(self.acked) < self.next
+            }
+            _ => false,
+        }
+    }
+
     /// Seals the pending ack and every unsent stream frame into `out`;
     /// returns the number of frames sealed (0 when no connection is open).
     pub fn transmit(&mut self, out: &mut Vec<u8>) -> Result<usize, LinkError> {

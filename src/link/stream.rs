@@ -203,6 +203,16 @@ impl LinkReader {
         LinkReader { stream, buf: vec![0; READ_CHUNK], start: 0, end: 0 }
     }
 
+    /// Whether a whole frame is already buffered, so the next [`recv`]
+    /// will not block (the backup acknowledges once per burst, when this
+    /// turns false).
+    ///
+    /// [`recv`]: LinkReader::recv
+    pub fn frame_buffered(&self) -> bool {
+        let b = &self.buf[self.start..self.end];
+        matches!(Header::parse_prefix(b), Ok(Some(h)) if h.frame_len() <= b.len())
+    }
+
     /// Blocks until the next verified frame. Errors are final for this
     /// connection (see the rejection policy); [`LinkError::Eof`] when the
     /// peer closed.

@@ -123,6 +123,24 @@ fn every_kind_travels_sealed() {
     assert_eq!((a.sender.acked_through(), a.sender.applied_through()), (5, 4));
 }
 
+#[test]
+fn untransmitted_frames_and_acks_are_reported() {
+    let mut lone = end(Role::Primary, 1);
+    lone.sender.push(Kind::Log, b"x".to_vec(), Instant::now()).unwrap();
+    assert!(!lone.sender.has_untransmitted(), "no connection: nothing can be transmitted");
+    let (mut a, _b) = pair();
+    assert!(!a.sender.has_untransmitted());
+    a.sender.push(Kind::Log, b"record".to_vec(), Instant::now()).unwrap();
+    assert!(a.sender.has_untransmitted());
+    let mut wire = Vec::new();
+    a.sender.transmit(&mut wire).unwrap();
+    assert!(!a.sender.has_untransmitted());
+    a.sender.queue_ack(Ack { received: 0, applied: 0 });
+    assert!(a.sender.has_untransmitted(), "a pending ack counts");
+    a.sender.transmit(&mut wire).unwrap();
+    assert!(!a.sender.has_untransmitted());
+}
+
 fn one_frame() -> (End, Vec<u8>) {
     let (mut a, b) = pair();
     a.sender.push(Kind::Log, b"some log record bytes".to_vec(), Instant::now()).unwrap();

@@ -38,8 +38,11 @@ use std::thread::JoinHandle;
 
 /// Where copies of segments go (the replication link).
 pub trait Forward: Send {
-    /// Hands a copy to the backup; returns its position in the stream.
+    /// Queues a copy for the backup; returns its position in the stream.
     fn forward(&mut self, frame: Vec<u8>) -> u64;
+    /// Sends what is queued now (called once per batch that holds output:
+    /// the log records and segments before it travel in the same send).
+    fn flush(&mut self);
     /// The stream position the backup has acknowledged receiving.
     fn acked(&self) -> u64;
 }
@@ -97,6 +100,8 @@ struct Hold {
     /// Held outbound packets: (packet id, stream position, queued at ns).
     held: VecDeque<(u32, u64, u64)>,
     seq: u64,
+    /// Output was forwarded in this batch and not flushed yet.
+    unflushed: bool,
 }
 
 fn mode_of(v: u8) -> Mode {
@@ -145,6 +150,7 @@ impl Handler for Hold {
         match direction {
             Direction::Inbound => Disposition::Accept,
             Direction::Outbound => {
+                self.unflushed = true;
                 self.held.push_back((p.id, pos, now_ns));
                 c.held.fetch_add(1, Ordering::Relaxed);
                 Disposition::Hold
@@ -153,6 +159,9 @@ impl Handler for Hold {
     }
 
     fn batch_end(&mut self, verdicts: &mut VerdictQueue) {
+        if std::mem::take(&mut self.unflushed) {
+            self.forward.flush();
+        }
         let mode = mode_of(self.mode.load(Ordering::Acquire));
         let acked = self.forward.acked();
         let now = sfd::clock_ns(libc::CLOCK_MONOTONIC).max(0) as u64;
@@ -209,8 +218,14 @@ impl Commit {
         let stop = Arc::new(AtomicBool::new(false));
         let modev = Arc::new(AtomicU8::new(mode as u8));
         let counters = Arc::new(CommitCounters::default());
-        let mut handler =
-            Hold { counters: counters.clone(), mode: modev.clone(), forward, held: VecDeque::new(), seq: 0 };
+        let mut handler = Hold {
+            counters: counters.clone(),
+            mode: modev.clone(),
+            forward,
+            held: VecDeque::new(),
+            seq: 0,
+            unflushed: false,
+        };
         let (stop2, wake2) = (stop.clone(), wake.clone());
         let thread = std::thread::Builder::new()
             .name("ftnet-commit".into())

@@ -418,7 +418,7 @@ impl Node {
             age: Duration::from_secs(2),
         };
         std::thread::Builder::new().name("ftnet-engine".into()).spawn(move || {
-            let sink = Box::new(pipe::LinkSink { shared: shared.clone(), bound });
+            let sink = Box::new(pipe::LinkSink { shared: shared.clone(), bound, unflushed: 0 });
             let cpu = Some(shared.cfg.node.cpu);
             let r = launch::start_recording(&header, &[], sink, cpu, Options::default()).and_then(|mut sup| {
                 init.store(sup.init_pid, Ordering::Release);

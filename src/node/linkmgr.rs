@@ -152,7 +152,11 @@ fn session(
             if !s.connected.load(Ordering::Acquire) {
                 return;
             }
-            crate::sys::fd::poll_in(&[s.writer_wake.as_fd()], 50);
+            // Frames queued without a wake-up (log records between two
+            // outputs: nothing the client sees waits for them) go out
+            // within a few milliseconds.
+            let pending = s.sender.lock().map(|x| x.has_untransmitted()).unwrap_or(false);
+            crate::sys::fd::poll_in(&[s.writer_wake.as_fd()], if pending { 1 } else { 5 });
             crate::sys::fd::eventfd_drain(s.writer_wake.as_fd());
             if let Err(e) = writer.flush_shared(&s.sender) {
                 tracing::warn!("link: send failed: {e}");
@@ -168,7 +172,10 @@ fn session(
                     break "the peer said goodbye".to_string();
                 }
                 on_frame(shared, f);
-                if shared.role() == crate::link::Role::Backup {
+                // The backup acknowledges once per burst: when the next
+                // frame is not here yet (so the primary never waits on a
+                // frame we already hold).
+                if shared.role() == crate::link::Role::Backup && !reader.frame_buffered() {
                     // Everything received is applied unless log frames still
                     // wait for the engine (segments are applied on receipt).
                     let received = receiver.ack(0).received;

@@ -65,7 +65,14 @@ impl Read for LogPipe {
 pub struct LinkSink {
     pub shared: Arc<Shared>,
     pub bound: LagBound,
+    /// Bytes queued since the writer was last woken.
+    pub unflushed: usize,
 }
+
+/// The writer is woken for log records only past this many queued bytes;
+/// otherwise output commit's flush (before any output can leave) or the
+/// writer's short timer carries them.
+const LOG_FLUSH_BYTES: usize = 64 << 10;
 
 impl Sink for LinkSink {
     fn put(&mut self, kind: FrameKind, body: &[u8]) -> Result<(), LogError> {
@@ -96,14 +103,19 @@ impl Sink for LinkSink {
         if waited {
             tracing::debug!("link: the replica waited for the backup to catch up");
         }
+        self.unflushed += bytes.len();
         s.push(Kind::Log, bytes, Instant::now())
             .map_err(|e| LogError::Corrupt { offset: 0, what: format!("link: {e}") })?;
         drop(s);
-        link.wake_writer();
+        if waited || self.unflushed >= LOG_FLUSH_BYTES {
+            self.unflushed = 0;
+            link.wake_writer();
+        }
         Ok(())
     }
 
     fn flush(&mut self) -> Result<(), LogError> {
+        self.unflushed = 0;
         self.shared.link.wake_writer();
         Ok(())
     }
@@ -125,8 +137,11 @@ impl crate::net::commit::Forward for LinkForward {
             Ok(mut s) => s.push(Kind::Segment, frame, Instant::now()).unwrap_or(u64::MAX),
             Err(_) => u64::MAX,
         };
-        link.wake_writer();
         pos
+    }
+
+    fn flush(&mut self) {
+        self.shared.link.wake_writer();
     }
 
     fn acked(&self) -> u64 {
