@@ -132,12 +132,11 @@ impl crate::net::commit::Forward for LinkForward {
         if link.frozen.load(Ordering::Acquire) {
             return u64::MAX;
         }
-        let pos = match link.sender.lock() {
+        match link.sender.lock() {
             Ok(_) if link.frozen.load(Ordering::Acquire) => u64::MAX,
             Ok(mut s) => s.push(Kind::Segment, frame, Instant::now()).unwrap_or(u64::MAX),
             Err(_) => u64::MAX,
-        };
-        pos
+        }
     }
 
     fn flush(&mut self) {
