@@ -4,9 +4,9 @@
 //! one topology with `netns-scripts/topo` under a name unique to this process
 //! and call (tests run in parallel under nextest, one process per test):
 //!
-//! - a client, host a and host b on the service network 10.77.0.0/24 (one
-//!   bridge in a switch namespace), plus a direct replication link between a
-//!   and b (10.78.0.0/24);
+//! - a client, host a, host b and a witness host on the service network
+//!   10.77.0.0/24 (one bridge in a switch namespace), plus a direct
+//!   replication link between a and b (10.78.0.0/24);
 //! - each host with its own hostname, time namespace (CLOCK_MONOTONIC and
 //!   CLOCK_BOOTTIME shifted by [`CLOCK_OFFSET_A`] / [`CLOCK_OFFSET_B`]) and a
 //!   private tmpfs at [`STATE_DIR`];
@@ -17,6 +17,11 @@
 //! the [`VIP`] by the harness; [`Topo::kill`] freezes a host, cuts its links and
 //! only then kills it, so a dead host sends no FIN or RST. Layout, paths and
 //! the kill sequence are documented in `netns-scripts/README.md`.
+//!
+//! [`Topo::cut`] / [`Topo::heal`] drop and restore all traffic on one [`Link`]
+//! (both ways) without changing any address, route, carrier or the VIP on the
+//! hosts: they only see traffic vanish, as behind a failed switch port or
+//! cable segment that keeps link. See `netns-scripts/README.md`, "topo cut".
 #![allow(dead_code)]
 
 use std::net::Ipv4Addr;
@@ -32,6 +37,8 @@ pub const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 10);
 pub const SERVICE_A: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
 /// Host b's own address on the service network.
 pub const SERVICE_B: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
+/// The witness host's address on the service network (its only link).
+pub const WITNESS: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 20);
 /// The service address clients connect to. The harness never assigns it:
 /// add it with e.g. `ip addr add 10.77.0.100/24 dev svc0` on the primary.
 pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 100);
@@ -43,7 +50,7 @@ pub const REPL_A: Ipv4Addr = Ipv4Addr::new(10, 78, 0, 1);
 pub const REPL_B: Ipv4Addr = Ipv4Addr::new(10, 78, 0, 2);
 /// Prefix length of the replication network 10.78.0.0/24.
 pub const REPL_PREFIX_LEN: u8 = 24;
-/// Service-network interface name inside client, a and b.
+/// Service-network interface name inside client, a, b and the witness.
 pub const SERVICE_IF: &str = "svc0";
 /// Replication-link interface name inside a and b.
 pub const REPL_IF: &str = "repl0";
@@ -55,9 +62,11 @@ pub const CLOCK_OFFSET_CLIENT: u64 = 0;
 pub const CLOCK_OFFSET_A: u64 = 1_000_000;
 /// Seconds added to CLOCK_MONOTONIC and CLOCK_BOOTTIME on host b.
 pub const CLOCK_OFFSET_B: u64 = 2_500_000;
+/// Seconds added to CLOCK_MONOTONIC and CLOCK_BOOTTIME on the witness.
+pub const CLOCK_OFFSET_W: u64 = 0;
 /// Where `topo` keeps per-topology bookkeeping (`RUN_DIR/NAME/`).
 pub const RUN_DIR: &str = "/run/ftnet-topo";
-/// Parent of the per-topology freezer cgroups (`FREEZER_DIR/NAME/{client,a,b}`).
+/// Parent of the per-topology freezer cgroups (`FREEZER_DIR/NAME/{client,a,b,w}`).
 pub const FREEZER_DIR: &str = "/sys/fs/cgroup/freezer/ftnet-topo";
 
 /// One machine of a topology.
@@ -69,6 +78,9 @@ pub enum Host {
     A,
     /// Host b, the usual backup (10.77.0.2, replication 10.78.0.2).
     B,
+    /// The witness (10.77.0.20): a third host on the service network only,
+    /// for tie-breaking; same kind of host as client, a and b.
+    W,
     /// The switch: a namespace holding only the bridge. No holder, no private
     /// mounts; `cmd` works, `kill` does not.
     Switch,
@@ -76,14 +88,18 @@ pub enum Host {
 
 impl Host {
     /// Every host of a topology, switch included.
-    pub const ALL: [Host; 4] = [Host::Client, Host::A, Host::B, Host::Switch];
+    pub const ALL: [Host; 5] = [Host::Client, Host::A, Host::B, Host::W, Host::Switch];
+    /// The hosts proper (everything but the switch): each has a holder, a
+    /// hostname, clocks and a state directory of its own, and can be killed.
+    pub const MACHINES: [Host; 4] = [Host::Client, Host::A, Host::B, Host::W];
 
-    /// The suffix of the host's name and namespace: `client`, `a`, `b`, `sw`.
+    /// The suffix of the host's name and namespace: `client`, `a`, `b`, `w`, `sw`.
     pub fn suffix(self) -> &'static str {
         match self {
             Host::Client => "client",
             Host::A => "a",
             Host::B => "b",
+            Host::W => "w",
             Host::Switch => "sw",
         }
     }
@@ -94,6 +110,7 @@ impl Host {
             Host::Client => Some(CLIENT),
             Host::A => Some(SERVICE_A),
             Host::B => Some(SERVICE_B),
+            Host::W => Some(WITNESS),
             Host::Switch => None,
         }
     }
@@ -104,6 +121,49 @@ impl Host {
             Host::A => Some(REPL_A),
             Host::B => Some(REPL_B),
             _ => None,
+        }
+    }
+}
+
+/// One cable of a topology, for [`Topo::cut`] and [`Topo::heal`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Link {
+    /// The direct replication veth between a and b (10.78.0.0/24).
+    Repl,
+    /// a's service link: a loses the client, b and the witness on 10.77.0.0/24.
+    ASvc,
+    /// b's service link.
+    BSvc,
+    /// The witness's service link (its only link).
+    WSvc,
+    /// The client's service link.
+    ClientSvc,
+}
+
+impl Link {
+    /// Every link of a topology.
+    pub const ALL: [Link; 5] = [Link::Repl, Link::ASvc, Link::BSvc, Link::WSvc, Link::ClientSvc];
+
+    /// The `LINK` argument of `topo cut` / `topo heal`: `repl`, `a-svc`,
+    /// `b-svc`, `w-svc`, `client-svc`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Link::Repl => "repl",
+            Link::ASvc => "a-svc",
+            Link::BSvc => "b-svc",
+            Link::WSvc => "w-svc",
+            Link::ClientSvc => "client-svc",
+        }
+    }
+
+    /// `host`'s service link (`None` for the switch).
+    pub fn service(host: Host) -> Option<Link> {
+        match host {
+            Host::Client => Some(Link::ClientSvc),
+            Host::A => Some(Link::ASvc),
+            Host::B => Some(Link::BSvc),
+            Host::W => Some(Link::WSvc),
+            Host::Switch => None,
         }
     }
 }
@@ -215,13 +275,41 @@ impl Topo {
         self.run(host, &["ip", "addr", "add", &vip, "dev", SERVICE_IF]);
     }
 
-    /// Simulates the death of `host` (client, a or b): freezes all its
+    /// Simulates the death of `host` (client, a, b or w): freezes all its
     /// processes, cuts its links, then SIGKILLs them (`topo kill`). The host
     /// sends no FIN or RST. Panics on failure.
     pub fn kill(&self, host: Host) {
         if let Err(e) = run_script(&["kill", &self.host(host)]) {
             panic!("netns topology: {e:#}");
         }
+    }
+
+    /// Drops all traffic on `link`, both ways, until [`Topo::heal`]. Addresses,
+    /// routes, carrier and the VIP stay as they are on every host. Cutting a
+    /// cut link changes nothing. Takes ~10 ms. Panics with the script's
+    /// message on failure (e.g. the link's host was killed).
+    pub fn cut(&self, link: Link) {
+        if let Err(e) = self.try_cut(link) {
+            panic!("netns topology: {e:#}");
+        }
+    }
+
+    /// Restores `link` exactly as `up` built it; a no-op if it is not cut.
+    /// Panics with the script's message on failure.
+    pub fn heal(&self, link: Link) {
+        if let Err(e) = self.try_heal(link) {
+            panic!("netns topology: {e:#}");
+        }
+    }
+
+    /// Like [`Topo::cut`], returning the error instead of panicking.
+    pub fn try_cut(&self, link: Link) -> anyhow::Result<()> {
+        run_script(&["cut", &self.name, link.name()])
+    }
+
+    /// Like [`Topo::heal`], returning the error instead of panicking.
+    pub fn try_heal(&self, link: Link) -> anyhow::Result<()> {
+        run_script(&["heal", &self.name, link.name()])
     }
 
     /// Removes the topology now and reports failure (`Drop` does the same
