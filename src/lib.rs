@@ -19,3 +19,4 @@ pub mod replica;
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod tcpstate;
+pub mod witness;

@@ -111,6 +111,21 @@ enum Cmd {
         /// The signal number.
         signal: i32,
     },
+    /// Run the witness (foreground; logs to stderr): a third host grants the
+    /// pair's lease with an epoch so there are never two primaries. State
+    /// (epochs and holders) lives in FILE, written atomically before every
+    /// answer that changes it; never delete it while a node holds a lease.
+    Witness {
+        /// The UDP address to listen on, e.g. 10.79.0.3:7800.
+        #[arg(long, value_name = "ADDR")]
+        listen: std::net::SocketAddr,
+        /// The pair's pre-shared key file (the nodes' link.key_file).
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// The state file.
+        #[arg(long, value_name = "FILE")]
+        state: PathBuf,
+    },
     /// Print a log's header and events, one per line (for debugging; the
     /// output contains the recorded input bytes, which are secrets).
     Dump {
@@ -204,6 +219,13 @@ fn main() {
                 1
             }
         },
+        Cmd::Witness { listen, key, state } => match ftnet::witness::server::run(listen, &key, &state) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("ftnet: {e}");
+                1
+            }
+        },
         Cmd::Dump { log } => match dump(&log) {
             Ok(()) => 0,
             Err(e) => {
@@ -273,6 +295,24 @@ fn print_status(v: &serde_json::Value) {
     );
     println!("connections tracked {}", n("connections_tracked"));
     println!("rejected frames {}", v["rejected_frames"]);
+    if let Some(l) = v["lease"].as_object() {
+        let g = |k: &str| l.get(k).cloned().unwrap_or(serde_json::Value::Null);
+        let holder = g("holder");
+        println!(
+            "lease from {}: {} at epoch {} (holder {}, valid for {} ms, ttl {} ms){}",
+            g("witness").as_str().unwrap_or("?"),
+            if g("held") == true { "held" } else { "not held" },
+            g("epoch"),
+            holder.as_str().unwrap_or("none"),
+            g("valid_for_ms").as_u64().map(|m| m.to_string()).unwrap_or_else(|| "-".into()),
+            g("ttl_ms"),
+            match (g("last_error").as_str(), g("last_denial").as_str()) {
+                (Some(e), _) => format!("; last error: {e}"),
+                (None, Some(d)) => format!("; last denial: {d}"),
+                _ => String::new(),
+            }
+        );
+    }
     if let Some(c) = v["output_commit"].as_object() {
         println!("output commit {}", serde_json::Value::Object(c.clone()));
     }

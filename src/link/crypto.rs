@@ -88,6 +88,13 @@ impl Key {
         Key::from_bytes(&material)
     }
 
+    /// A 32-byte key for another purpose (e.g. the witness), derived from the
+    /// master key under its own blake3 context, so it is independent of
+    /// every link key (those use other contexts).
+    pub(crate) fn derive(&self, context: &str) -> [u8; 32] {
+        blake3::derive_key(context, &self.0)
+    }
+
     /// Writes a new random key file (64 hex digits, mode 0600); fails if
     /// `path` exists.
     pub fn write_new(path: &Path) -> Result<Key, LinkError> {
