@@ -70,6 +70,9 @@ pub struct CommitCounters {
     pub overruns: AtomicU64,
     /// Longest time a segment waited for its acknowledgement (ns).
     pub max_hold_ns: AtomicU64,
+    /// When the oldest segment still held was queued (CLOCK_MONOTONIC ns;
+    /// 0: nothing held).
+    pub oldest_held_ns: AtomicU64,
 }
 
 /// A snapshot of [`CommitCounters`].
@@ -81,6 +84,8 @@ pub struct CommitStats {
     pub released: u64,
     pub dropped: u64,
     pub overruns: u64,
+    /// How long the oldest segment still held has waited.
+    pub oldest_held_ms: u64,
     pub max_hold_us: u64,
 }
 
@@ -185,6 +190,7 @@ impl Handler for Hold {
                 tracing::error!("output commit: verdict bookkeeping: {e}");
             }
         }
+        c.oldest_held_ns.store(self.held.front().map_or(0, |&(_, _, at)| at.max(1)), Ordering::Relaxed);
     }
 
     fn notice(&mut self, notice: Notice) {
@@ -292,6 +298,10 @@ impl Commit {
             dropped: c.dropped.load(Ordering::Relaxed),
             overruns: c.overruns.load(Ordering::Relaxed),
             max_hold_us: c.max_hold_ns.load(Ordering::Relaxed) / 1000,
+            oldest_held_ms: match c.oldest_held_ns.load(Ordering::Relaxed) {
+                0 => 0,
+                at => (sfd::clock_ns(libc::CLOCK_MONOTONIC).max(0) as u64).saturating_sub(at) / 1_000_000,
+            },
         }
     }
 

@@ -215,6 +215,31 @@ pub fn guard_open(vip: Ipv4Addr, more: &[Rule]) -> Result<(), VipError> {
     nft(&script)
 }
 
+/// The nftables table that fences a node (and holds nothing else).
+pub const FENCE_TABLE: &str = "ftnet_fence";
+
+/// Fences this host: every TCP segment from `vip` is dropped on output
+/// (hook priority -10, before any other filter), so sockets that still
+/// exist cannot speak for a service another node now serves. Idempotent.
+pub fn fence_install(vip: Ipv4Addr) -> Result<(), VipError> {
+    nft(&format!(
+        "add table ip {FENCE_TABLE}\nadd chain ip {FENCE_TABLE} output {{ type filter hook output priority -10; policy accept; }}\n\
+         flush chain ip {FENCE_TABLE} output\nadd rule ip {FENCE_TABLE} output ip saddr {vip} meta l4proto tcp drop\n"
+    ))
+}
+
+/// Lifts [`fence_install`] (no error if it was not installed).
+pub fn fence_remove() -> Result<(), VipError> {
+    nft(&format!("add table ip {FENCE_TABLE}\ndelete table ip {FENCE_TABLE}\n"))
+}
+
+/// Sends `count` gratuitous ARP requests and one reply for `ip` on `ifname`.
+pub fn announce(ifname: &str, ip: Ipv4Addr, count: u32) -> Result<(), VipError> {
+    let sock = PacketSocket::open(ifname, libc::ETH_P_ARP as u16)
+        .map_err(|source| VipError::Sys { what: format!("ARP socket on {ifname}"), source })?;
+    send_garp(&sock, ip, count)
+}
+
 /// Deletes [`TABLE`] and every rule in it (slow: do it off the critical path).
 pub fn guard_remove() -> Result<(), VipError> {
     nft(&format!("delete table ip {TABLE}\n"))

@@ -60,6 +60,14 @@ pub struct Link {
     /// behind.
     #[serde(default = "lag")]
     pub max_lag_bytes: u64,
+    /// The witness lease's time to live (renewed every quarter of it). A
+    /// failover waits for the dead primary's lease to lapse.
+    #[serde(default = "lease")]
+    pub lease_ms: u64,
+}
+
+fn lease() -> u64 {
+    400
 }
 
 fn interval() -> u64 {
@@ -122,7 +130,13 @@ fn run_dir() -> PathBuf {
 pub struct Config {
     pub service: Service,
     pub link: Link,
-    pub policy: Policy,
+    /// Required when there is no witness, refused when there is one (the
+    /// lease decides then).
+    #[serde(default)]
+    pub policy: Option<Policy>,
+    /// The third party that grants the lease (an `ftnet witness` or etcd).
+    #[serde(default)]
+    pub witness: Option<crate::witness::WitnessConfig>,
     pub node: Node,
 }
 
@@ -153,6 +167,29 @@ impl Config {
         if self.link.heartbeat_interval_ms == 0 || self.link.heartbeat_timeout_ms <= self.link.heartbeat_interval_ms {
             return bad("link.heartbeat_timeout_ms", "must be above link.heartbeat_interval_ms".into());
         }
+        match (&self.policy, &self.witness) {
+            (None, None) => {
+                return bad(
+                    "policy",
+                    "is required without a [witness]: \"prefer-consistency\" (never go on alone or promote on \
+                     silence) or \"prefer-availability\" (do both, accepting two primaries if the nodes are cut \
+                     apart); see README, \"When the peer is unreachable\""
+                        .into(),
+                );
+            }
+            (Some(_), Some(_)) => {
+                return bad("policy", "must not be set with a [witness]: the witness's lease decides".into());
+            }
+            _ => {}
+        }
+        if let Some(w) = &self.witness
+            && let Err(e) = w.validate()
+        {
+            return bad("witness", e.to_string());
+        }
+        if self.witness.is_some() && self.link.lease_ms < 4 * self.link.heartbeat_interval_ms {
+            return bad("link.lease_ms", "must be at least four heartbeat intervals".into());
+        }
         if !self.link.key_file.exists() {
             return bad("link.key_file", format!("{} does not exist", self.link.key_file.display()));
         }
@@ -168,7 +205,14 @@ impl Config {
 
     /// A digest of everything both nodes must agree on (all but `[node]`).
     pub fn digest(&self) -> [u8; 32] {
-        let shared = (&self.service, &self.link.heartbeat_interval_ms, &self.link.heartbeat_timeout_ms, &self.policy);
+        let shared = (
+            &self.service,
+            &self.link.heartbeat_interval_ms,
+            &self.link.heartbeat_timeout_ms,
+            &self.link.lease_ms,
+            &self.policy,
+            &self.witness,
+        );
         *blake3::hash(&postcard::to_allocvec(&shared).unwrap_or_default()).as_bytes()
     }
 }
@@ -227,5 +271,21 @@ peer_service = "10.77.0.2:7701"
         let text = GOOD.replace("[link]", "[link]\nheartbeat_interval_ms = 100\nheartbeat_timeout_ms = 50");
         let e = Config::load(&write(d.path(), &text)).unwrap_err();
         assert!(e.to_string().contains("heartbeat_timeout_ms"), "{e}");
+        let e = Config::load(&write(d.path(), &GOOD.replace("policy = \"prefer-availability\"", ""))).unwrap_err();
+        assert!(e.to_string().contains("policy: is required without a [witness]"), "{e}");
+    }
+
+    #[test]
+    fn a_witness_replaces_the_policy() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let w = "[witness]\nkind = \"ftnet\"\naddress = \"10.77.0.20:7800\"\n[node]";
+        let with = GOOD.replace("policy = \"prefer-availability\"", "").replace("[node]", w);
+        let c = Config::load(&write(d.path(), &with)).expect("config with a witness");
+        assert!(c.witness.is_some() && c.policy.is_none());
+        assert_eq!(c.link.lease_ms, 400);
+        let a = Config::load(&write(d.path(), GOOD)).expect("config a");
+        assert_ne!(a.digest(), c.digest(), "the witness is part of what both nodes must agree on");
+        let e = Config::load(&write(d.path(), &GOOD.replace("[node]", w))).unwrap_err();
+        assert!(e.to_string().contains("policy: must not be set with a [witness]"), "{e}");
     }
 }

@@ -1,55 +1,63 @@
-//! `ftnet up`: one node of the pair.
+//! `ftnet up`: one node of the pair. This file sets the node up and holds
+//! what both roles share; `primary.rs` and `backup.rs` hold each role's
+//! main loop and state their invariants.
 //!
 //! Threads: the main loop (events, OS signals, failure detection, status),
 //! the engine (record or replay, owns the replica tree), the link (connect,
-//! writer, reader), heartbeats (sender, one receiver per path), output
-//! commit (primary), the tracker sync (backup) and the control socket.
+//! writer, reader), heartbeats (sender, one receiver per path), the lease
+//! (with a witness), output commit (primary), the tracker sync (backup) and
+//! the control socket.
 //!
-//! Invariants:
-//! - the primary releases nothing to a client until the backup acknowledged
-//!   it (output commit), and when it must stop speaking (fenced, replaced,
-//!   its replica killed from outside) it drops everything until its replica
-//!   and every copy of its sockets are gone;
-//! - the backup promotes only after a session existed, the primary has been
-//!   silent on every heartbeat path for the timeout and the policy allows it
-//!   (or on a planned switchover, after the primary fenced itself), and never
-//!   while its replica has diverged unless forced;
-//! - a replica that exits by itself does so on both nodes (it is
-//!   deterministic): that ends both daemons, it never promotes.
+//! Invariants kept here:
+//! - a node serving alone with a witness lets output out only while its
+//!   lease is held (`Node::enforce_lease`);
+//! - a node replaced (a newer epoch, a refused renewal) drops all output
+//!   before anything else.
 
-use super::config::{Config, Policy};
+use super::config::Config;
+use super::control;
 use super::heartbeat::{self, Heartbeats};
+use super::lease::Lease;
 use super::shared::{LinkState, NodeEvent, Shared, Status};
-use super::{control, linkmgr, pipe, takeover};
-use crate::link::{Fence, FenceReason, Hello, Key, Message, PeerState, ReplicaIdentity, Role};
-use crate::net::commit::{Commit, CommitConfig, Mode};
-use crate::net::takeover::{Armed, TakeoverConfig};
-use crate::replica::engine::{Command, Commands, EngineError, Options, RunEnd};
+use crate::link::{Hello, Key, ReplicaIdentity, Role};
+use crate::net::commit::{Commit, Mode};
+use crate::replica::engine::Command;
 use crate::replica::launch::{self, Program};
 use crate::sys::fd as sfd;
 use anyhow::{Context, anyhow, bail};
 use std::os::fd::AsFd;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The NFQUEUE queue output commit uses.
-const QUEUE: u16 = 7;
+pub(super) const QUEUE: u16 = 7;
 
-struct Node {
-    shared: Arc<Shared>,
+pub(super) struct Node {
+    pub(super) shared: Arc<Shared>,
     /// Output commit's counters, refreshed by the main loop for `status`.
-    commit_stats: CommitStatsHandle,
-    hb: Arc<Heartbeats>,
-    events: Receiver<NodeEvent>,
-    signals: std::os::fd::OwnedFd,
+    pub(super) commit_stats: CommitStatsHandle,
+    pub(super) hb: Arc<Heartbeats>,
+    pub(super) events: Receiver<NodeEvent>,
+    pub(super) signals: std::os::fd::OwnedFd,
     /// Host pid of the replica's init (0 before start).
-    init: Arc<AtomicI32>,
-    commit: Option<Commit>,
-    promoted_at: Option<Instant>,
-    stop_requested: bool,
+    pub(super) init: Arc<AtomicI32>,
+    pub(super) commit: Option<Commit>,
+    pub(super) promoted_at: Option<Instant>,
+    pub(super) stop_requested: bool,
+    /// The witness lease, when the configuration names a witness.
+    pub(super) lease: Option<Arc<Lease>>,
+    /// Output is suspended (dropped, VIP given up) because the lease lapsed
+    /// while this node served alone.
+    pub(super) suspended: bool,
+    /// Primary: asked the witness to go on alone, not granted yet.
+    pub(super) want_solo: bool,
+    /// The witness's silence was noted once.
+    pub(super) witness_noted: bool,
+    /// Primary: the acknowledged position and when it last moved.
+    pub(super) last_acked: (u64, Instant),
 }
 
 fn identity(header: &crate::replica::log::Header) -> ReplicaIdentity {
@@ -112,6 +120,13 @@ pub fn up(config_path: &Path, role: Role) -> anyhow::Result<i32> {
         commands: Mutex::new(None),
     });
     let hb = Arc::new(Heartbeats::new(&shared));
+    let lease = match &shared.cfg.witness {
+        Some(w) => {
+            let client = crate::witness::connect(w, &key).context("connecting to the witness")?;
+            Some(Lease::spawn(shared.clone(), client, super::lease::describe(w)).context("starting the lease thread")?)
+        }
+        None => None,
+    };
     let mut node = Node {
         shared,
         commit_stats: Arc::new(Mutex::new(None)),
@@ -122,9 +137,14 @@ pub fn up(config_path: &Path, role: Role) -> anyhow::Result<i32> {
         commit: None,
         promoted_at: None,
         stop_requested: false,
+        lease,
+        suspended: false,
+        want_solo: false,
+        witness_noted: false,
+        last_acked: (0, Instant::now()),
     };
-    let (s2, h2, c2) = (node.shared.clone(), node.hb.clone(), node.commit_stats.clone());
-    control::spawn(node.shared.clone(), Arc::new(move || status_json(&s2, &h2, &c2)))
+    let (s2, h2, c2, l2) = (node.shared.clone(), node.hb.clone(), node.commit_stats.clone(), node.lease.clone());
+    control::spawn(node.shared.clone(), Arc::new(move || status_json(&s2, &h2, &c2, l2.as_deref())))
         .context("starting the control socket")?;
     heartbeat::spawn(node.shared.clone(), node.hb.clone());
     let code = match role {
@@ -137,7 +157,12 @@ pub fn up(config_path: &Path, role: Role) -> anyhow::Result<i32> {
 
 type CommitStatsHandle = Arc<Mutex<Option<crate::net::commit::CommitStats>>>;
 
-fn status_json(shared: &Shared, hb: &Heartbeats, commit: &CommitStatsHandle) -> serde_json::Value {
+fn status_json(
+    shared: &Shared,
+    hb: &Heartbeats,
+    commit: &CommitStatsHandle,
+    lease: Option<&Lease>,
+) -> serde_json::Value {
     let mut st = shared.status.lock().map(|s| s.clone()).unwrap_or_default();
     st.role = shared.role().to_string();
     st.peer_state = match hb.peer() {
@@ -164,11 +189,13 @@ fn status_json(shared: &Shared, hb: &Heartbeats, commit: &CommitStatsHandle) -> 
     st.connections_tracked = shared.tracker.lock().map(|t| t.len()).unwrap_or(0);
     st.rejected_frames = shared.link.counters.snapshot();
     st.output_commit = commit.lock().ok().and_then(|c| *c);
-    serde_json::to_value(&st).unwrap_or_default()
+    let mut v = serde_json::to_value(&st).unwrap_or_default();
+    v["lease"] = lease.map(|l| l.status()).unwrap_or(serde_json::Value::Null);
+    v
 }
 
 impl Node {
-    fn refresh_commit_stats(&self) {
+    pub(super) fn refresh_commit_stats(&self) {
         if let Some(c) = &self.commit
             && let Ok(mut s) = self.commit_stats.lock()
         {
@@ -178,7 +205,7 @@ impl Node {
 
     /// Waits up to `timeout` for the next event; also turns SIGINT/SIGTERM/
     /// SIGHUP into [`NodeEvent::Stop`].
-    fn next_event(&mut self, timeout: Duration) -> Option<NodeEvent> {
+    pub(super) fn next_event(&mut self, timeout: Duration) -> Option<NodeEvent> {
         if let Ok(Some(info)) = sfd::signalfd_read(self.signals.as_fd()) {
             tracing::info!("signal {} received: stopping", info.ssi_signo);
             return Some(NodeEvent::Stop);
@@ -191,7 +218,7 @@ impl Node {
         }
     }
 
-    fn post(&self, c: Command) {
+    pub(super) fn post(&self, c: Command) {
         if let Ok(g) = self.shared.commands.lock()
             && let Some(cmds) = g.as_ref()
         {
@@ -200,14 +227,14 @@ impl Node {
     }
 
     /// Kills the replica tree (its init's death takes the PID namespace).
-    fn kill_replica(&self) {
+    pub(super) fn kill_replica(&self) {
         let pid = self.init.load(Ordering::Acquire);
         if pid > 0 {
             let _ = sfd::kill(pid, libc::SIGKILL);
         }
     }
 
-    fn shutdown(&mut self) {
+    pub(super) fn shutdown(&mut self) {
         if let Some(c) = self.commit.take() {
             if c.mode() == Mode::Commit {
                 // Let what the backup already has go out.
@@ -219,495 +246,103 @@ impl Node {
         let _ = std::fs::remove_file(&self.shared.cfg.node.control_socket);
     }
 
-    fn vip(&self) -> anyhow::Result<crate::net::vip::Vip> {
+    /// Asks the witness for `want` and waits for the grant (its epoch);
+    /// `None` if the node is stopped first. Says every few seconds why it
+    /// still waits.
+    pub(super) fn acquire(&mut self, want: super::lease::Want, state: &str) -> anyhow::Result<Option<u64>> {
+        let Some(lease) = self.lease.clone() else { bail!("no witness configured") };
+        self.shared.set_state(state);
+        lease.want(want);
+        let mut said = Instant::now();
+        loop {
+            match self.next_event(Duration::from_millis(50)) {
+                Some(NodeEvent::LeaseGranted(epoch)) => {
+                    tracing::info!("the witness granted the lease at epoch {epoch}");
+                    return Ok(Some(epoch));
+                }
+                Some(NodeEvent::Stop) => return Ok(None),
+                Some(NodeEvent::LeaseStale(why)) | Some(NodeEvent::LeaseLost(why)) => {
+                    bail!("the witness refused the lease: {why}")
+                }
+                _ => {}
+            }
+            if said.elapsed() > Duration::from_secs(5) {
+                let st = lease.status();
+                tracing::info!(
+                    "still waiting for the lease: {}",
+                    st["last_denial"].as_str().or(st["last_error"].as_str()).unwrap_or("no answer yet")
+                );
+                said = Instant::now();
+            }
+        }
+    }
+
+    /// Our epoch: the witness's for our history, or counted locally.
+    pub(super) fn epoch(&self) -> u64 {
+        self.shared.link.sender.lock().map(|s| s.epoch()).unwrap_or(0)
+    }
+
+    /// A heartbeat from a primary at a newer epoch than ours: we were
+    /// replaced (the frames that would say so may never reach us).
+    pub(super) fn replaced_by_heartbeat(&self) -> Option<u64> {
+        let b = self.hb.last_beat()?;
+        (b.role == Role::Primary && b.epoch > self.epoch()).then_some(b.epoch)
+    }
+
+    /// Serving alone with a witness: output flows only while the lease is
+    /// held. A lapse drops all output and gives up the VIP; a renewal
+    /// brings both back.
+    pub(super) fn enforce_lease(&mut self, vip: &crate::net::vip::Vip) {
+        let Some(lease) = self.lease.clone() else { return };
+        let valid = lease.valid();
+        if !valid && !self.suspended {
+            self.suspended = true;
+            self.shared.note(format!(
+                "the lease lapsed while serving alone: output dropped and the VIP given up until the witness renews it ({})",
+                lease.status()["last_error"].as_str().unwrap_or("no answer")
+            ));
+            self.set_output(false, vip);
+            self.shared.set_state("suspended: no lease");
+        } else if valid && self.suspended {
+            self.suspended = false;
+            self.shared.note("the lease is renewed: serving again".into());
+            self.set_output(true, vip);
+            self.shared.set_state("alone");
+        }
+    }
+
+    /// Lets this node's output out (and holds the VIP), or drops it all
+    /// (and gives the VIP up).
+    pub(super) fn set_output(&self, on: bool, vip: &crate::net::vip::Vip) {
+        use crate::net::vip as v;
+        let r = if on {
+            let a =
+                vip.add().map(|_| ()).or_else(|e| if e.to_string().contains("File exists") { Ok(()) } else { Err(e) });
+            let _ = v::announce(&vip.ifname, vip.addr, 3);
+            match &self.commit {
+                Some(c) => {
+                    c.set_mode(Mode::Solo);
+                    a
+                }
+                None => a.and(v::fence_remove()),
+            }
+        } else {
+            let f = match &self.commit {
+                Some(c) => {
+                    c.set_mode(Mode::Fenced);
+                    Ok(())
+                }
+                None => v::fence_install(vip.addr),
+            };
+            f.and(vip.remove())
+        };
+        if let Err(e) = r {
+            self.shared.note(format!("output {}: {e}", if on { "on" } else { "off" }));
+        }
+    }
+
+    pub(super) fn vip(&self) -> anyhow::Result<crate::net::vip::Vip> {
         let (addr, prefix) = self.shared.cfg.vip().ok_or_else(|| anyhow!("service.vip"))?;
         Ok(crate::net::takeover::vip(addr, prefix, &self.shared.cfg.service.interface))
     }
-
-    // ------------------------------------------------------------- primary
-
-    fn run_primary(&mut self, key: Key, hello: Hello, header: crate::replica::log::Header) -> anyhow::Result<i32> {
-        let shared = self.shared.clone();
-        linkmgr::spawn(shared.clone(), key, hello, self.hb.clone(), Arc::new(on_frame_primary), true);
-        shared.set_state("pairing");
-        let mut waited = Instant::now();
-        loop {
-            match self.next_event(Duration::from_millis(100)) {
-                Some(NodeEvent::LinkUp(peer)) => {
-                    tracing::info!("paired with {peer}");
-                    if let Ok(mut s) = shared.status.lock() {
-                        s.peer = peer;
-                    }
-                    break;
-                }
-                Some(NodeEvent::Refused(diff)) => {
-                    shared.note(format!("the backup refused to pair:\n  {}", diff.join("\n  ")));
-                }
-                Some(NodeEvent::Stop) => return Ok(0),
-                _ => {}
-            }
-            if waited.elapsed() > Duration::from_secs(5) {
-                tracing::info!("waiting for the backup to connect on {}", shared.cfg.node.link);
-                waited = Instant::now();
-            }
-        }
-        let vip = self.vip()?;
-        vip.add().or_else(|e| if e.to_string().contains("File exists") { Ok(()) } else { Err(e) })?;
-        let commit = Commit::start(
-            CommitConfig {
-                queue: QUEUE,
-                vip: vip.addr,
-                ports: shared.cfg.service.ports.clone(),
-                iptables: "iptables".into(),
-            },
-            Box::new(pipe::LinkForward { shared: shared.clone() }),
-            Mode::Commit,
-        )?;
-        if let Ok(mut w) = shared.link.commit_wake.lock() {
-            *w = Some(commit.waker());
-        }
-        self.commit = Some(commit);
-        self.spawn_recording_engine(header)?;
-        shared.set_state("replicating");
-        loop {
-            let ev = self.next_event(Duration::from_millis(10));
-            match ev {
-                Some(NodeEvent::LinkUp(p)) => tracing::info!("link to {p} up again"),
-                Some(NodeEvent::LinkDown(why)) => tracing::warn!("link down: {why}"),
-                Some(NodeEvent::ReplicaExited(status)) => {
-                    tracing::info!("the replica exited with status {status}; waiting for the backup to have it all");
-                    self.wait_acked(Duration::from_secs(10));
-                    if let Ok(mut s) = shared.status.lock() {
-                        s.replica_exit = Some(status);
-                    }
-                    let _ = vip.remove();
-                    return Ok(status);
-                }
-                Some(NodeEvent::EngineFailed(e)) => {
-                    shared.note(format!("the recording failed: {e}"));
-                    self.fence_and_die(&vip);
-                    return Ok(1);
-                }
-                Some(NodeEvent::Superseded(epoch)) => {
-                    shared.note(format!("replaced by a node at epoch {epoch}: stopping at once"));
-                    self.fence_and_die(&vip);
-                    return Ok(1);
-                }
-                Some(NodeEvent::SwitchoverRequested) => {
-                    // A planned switchover asked for by the backup.
-                    self.switchover(&vip)?;
-                    return Ok(0);
-                }
-                Some(NodeEvent::GoAlone) => self.go_alone("the operator said so (ftnet promote --force)"),
-                Some(NodeEvent::SignalRequested(sig)) => self.post(Command::Signal(sig)),
-                Some(NodeEvent::Stop) if !self.stop_requested => {
-                    self.stop_requested = true;
-                    self.hb.stopping.store(true, Ordering::Release);
-                    self.post(Command::Signal(libc::SIGTERM));
-                }
-                Some(NodeEvent::Stop) => {
-                    self.fence_and_die(&vip);
-                    return Ok(1);
-                }
-                _ => {}
-            }
-            self.check_backup();
-        }
-    }
-
-    /// The backup stopped answering: go on alone or hold, as the policy says.
-    fn check_backup(&mut self) {
-        let dead = self.hb.peer() == Some(PeerState::Dead);
-        let solo = self.shared.link.solo.load(Ordering::Acquire);
-        if dead && !solo {
-            match self.shared.cfg.policy {
-                Policy::PreferAvailability => self.go_alone("the backup is gone (policy prefer-availability)"),
-                Policy::PreferConsistency => {
-                    self.shared.set_state("holding: backup unreachable, output held (policy prefer-consistency)");
-                }
-            }
-        }
-    }
-
-    /// Stops waiting for the backup: output flows without its acks and the
-    /// link is closed for good (a new backup cannot join a running primary).
-    fn go_alone(&mut self, why: &str) {
-        if self.shared.link.solo.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        self.shared.note(format!("going on alone, unprotected: {why}"));
-        self.shared.link.acked_cv.notify_all();
-        self.shared.link.close();
-        if let Some(c) = &self.commit {
-            c.set_mode(Mode::Solo);
-        }
-        self.shared.set_state("alone");
-    }
-
-    fn wait_acked(&self, limit: Duration) -> bool {
-        let until = Instant::now() + limit;
-        while Instant::now() < until {
-            let (pos, acked) = match self.shared.link.sender.lock() {
-                Ok(s) => (s.position().saturating_sub(1), s.acked_through()),
-                Err(_) => return false,
-            };
-            if acked >= pos || self.shared.link.solo.load(Ordering::Acquire) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        false
-    }
-
-    /// Stops speaking for the replica: drop all output, kill the replica,
-    /// wait until no copy of its sockets is left, give up the VIP.
-    fn fence_and_die(&mut self, vip: &crate::net::vip::Vip) {
-        self.hb.fenced.store(true, Ordering::Release);
-        if let Some(c) = &self.commit {
-            c.set_mode(Mode::Fenced);
-        }
-        self.shared.set_state("fenced");
-        let _ = vip.remove();
-        self.kill_replica();
-        std::thread::sleep(Duration::from_millis(200));
-    }
-
-    /// Planned switchover from the primary's side: fence the output, freeze
-    /// the log (nothing after this point may reach the backup: it would
-    /// replay it), hand the backup the end of the stream, then give up the
-    /// VIP and stop the replica, whose last words are dropped.
-    fn switchover(&mut self, vip: &crate::net::vip::Vip) -> anyhow::Result<()> {
-        self.shared.set_state("switching over");
-        self.hb.fenced.store(true, Ordering::Release);
-        if let Some(c) = &self.commit {
-            c.set_mode(Mode::Fenced);
-        }
-        let position = {
-            let mut s = self.shared.link.sender.lock().map_err(|_| anyhow!("sender lock"))?;
-            self.shared.link.frozen.store(true, Ordering::Release);
-            let end = s.position().saturating_sub(1);
-            let fence = Message::Fence(Fence {
-                reason: FenceReason::Switchover,
-                position: end,
-                detail: "planned switchover".into(),
-            });
-            s.push_message(&fence, Instant::now())?;
-            end
-        };
-        self.shared.link.wake_writer();
-        if !self.wait_acked(Duration::from_secs(10)) {
-            self.shared.note(format!("switchover: the backup did not acknowledge position {position}"));
-        }
-        let _ = vip.remove();
-        self.kill_replica();
-        std::thread::sleep(Duration::from_millis(200));
-        self.shared.set_state("fenced");
-        Ok(())
-    }
-
-    fn spawn_recording_engine(&self, header: crate::replica::log::Header) -> anyhow::Result<()> {
-        let shared = self.shared.clone();
-        let init = self.init.clone();
-        let cmds = Commands::new()?;
-        if let Ok(mut c) = shared.commands.lock() {
-            *c = Some(cmds.clone());
-        }
-        let bound = crate::link::LagBound {
-            frames: u64::MAX,
-            bytes: shared.cfg.link.max_lag_bytes,
-            age: Duration::from_secs(2),
-        };
-        std::thread::Builder::new().name("ftnet-engine".into()).spawn(move || {
-            let sink = Box::new(pipe::LinkSink { shared: shared.clone(), bound, unflushed: 0 });
-            let cpu = Some(shared.cfg.node.cpu);
-            let r = launch::start_recording(&header, &[], sink, cpu, Options::default()).and_then(|mut sup| {
-                init.store(sup.init_pid, Ordering::Release);
-                sup.set_commands(cmds)?;
-                sup.run()
-            });
-            match r {
-                Ok(RunEnd::Exited(s)) => shared.event(NodeEvent::ReplicaExited(s)),
-                Ok(RunEnd::LogCut) => {
-                    shared.event(NodeEvent::EngineFailed("internal: a recording cannot be cut".into()))
-                }
-                Err(e) => shared.event(NodeEvent::EngineFailed(e.to_string())),
-            }
-        })?;
-        Ok(())
-    }
-
-    // -------------------------------------------------------------- backup
-
-    fn run_backup(&mut self, key: Key, hello: Hello) -> anyhow::Result<i32> {
-        let shared = self.shared.clone();
-        let (log_tx, log_pipe) = pipe::log_pipe(shared.clone());
-        shared.link.in_pipe.fetch_add(1, Ordering::AcqRel);
-        log_tx.send((0, crate::replica::log::preamble())).map_err(|_| anyhow!("log pipe"))?;
-        let feed = Arc::new(Mutex::new(Some(log_tx)));
-        let feed2 = feed.clone();
-        let on_frame: linkmgr::OnFrame = Arc::new(move |s: &Shared, f| on_frame_backup(s, &feed2, f));
-        linkmgr::spawn(shared.clone(), key, hello, self.hb.clone(), on_frame, false);
-        let armed = crate::net::takeover::arm(TakeoverConfig::new(self.vip()?))?;
-        let armed = Arc::new(Mutex::new(Some(armed)));
-        let force = Arc::new(AtomicBool::new(false));
-        self.spawn_replay_engine(log_pipe, armed, force.clone())?;
-        spawn_tracker_sync(shared.clone());
-        shared.set_state("pairing");
-        let mut diverged = false;
-        let mut promoting = false;
-        let mut fence_wait: Option<(u64, Instant)> = None;
-        loop {
-            let ev = self.next_event(Duration::from_millis(5));
-            match ev {
-                Some(NodeEvent::LinkUp(peer)) => {
-                    if let Ok(mut s) = shared.status.lock() {
-                        s.peer = peer;
-                    }
-                    if !promoting && !diverged {
-                        shared.set_state("replicating");
-                    }
-                }
-                Some(NodeEvent::LinkDown(why)) => tracing::warn!("link down: {why}"),
-                Some(NodeEvent::Refused(diff)) => {
-                    shared.note(format!("pairing refused:\n  {}", diff.join("\n  ")));
-                    shared.set_state("refused");
-                }
-                Some(NodeEvent::PeerFenced(pos)) => {
-                    tracing::info!("the primary fenced itself; its stream ends at {pos}");
-                    if diverged && !force.load(Ordering::Acquire) {
-                        shared.note("the primary fenced itself but this backup diverged: not promoting".into());
-                    } else {
-                        fence_wait = Some((pos, Instant::now()));
-                    }
-                }
-                Some(NodeEvent::ReplicaExited(status)) => {
-                    if promoting || self.promoted_at.is_some() {
-                        tracing::info!("the replica exited with status {status}");
-                    } else {
-                        tracing::info!(
-                            "the replica exited by itself with status {status} (as on the primary): not promoting"
-                        );
-                    }
-                    if let Ok(mut s) = shared.status.lock() {
-                        s.replica_exit = Some(status);
-                    }
-                    return Ok(status);
-                }
-                Some(NodeEvent::EngineFailed(e)) => {
-                    diverged = true;
-                    shared.set_state("diverged");
-                    if let Ok(mut s) = shared.status.lock() {
-                        s.divergences.push(e.clone());
-                    }
-                    shared
-                        .note(format!("the backup's replica diverged or failed; automatic promotion is refused:\n{e}"));
-                }
-                Some(NodeEvent::Promoted) => {
-                    shared.set_state("live");
-                    if let Some(t) = self.promoted_at {
-                        tracing::info!("promoted: live {:.1} ms after the decision", t.elapsed().as_secs_f64() * 1e3);
-                    }
-                }
-                Some(NodeEvent::PromoteRequested { force: f }) => {
-                    force.store(f, Ordering::Release);
-                    if diverged && !f {
-                        shared.note("promote refused: this backup diverged (use ftnet promote --force)".into());
-                    } else if shared.link.connected.load(Ordering::Acquire)
-                        && !diverged
-                        && self.hb.peer() != Some(PeerState::Dead)
-                    {
-                        // Planned switchover: ask the primary to fence first.
-                        if let Ok(mut s) = shared.link.sender.lock() {
-                            let m = Message::Fence(Fence {
-                                reason: FenceReason::Switchover,
-                                position: 0,
-                                detail: "promote requested".into(),
-                            });
-                            let _ = s.push_message(&m, Instant::now());
-                        }
-                        shared.link.wake_writer();
-                        shared.set_state("switchover requested");
-                    } else {
-                        self.promote(&feed, "requested by the operator", &mut promoting);
-                    }
-                }
-                Some(NodeEvent::Superseded(e)) => {
-                    shared.note(format!("a frame from epoch {e}: the primary was replaced"))
-                }
-                Some(NodeEvent::SignalRequested(_)) => shared.note("signals go to the primary's replica".into()),
-                Some(NodeEvent::Stop) => {
-                    self.kill_replica();
-                    return Ok(0);
-                }
-                _ => {}
-            }
-            if let Some((pos, since)) = fence_wait
-                && (shared.link.received.load(Ordering::Acquire) >= pos || since.elapsed() > Duration::from_secs(5))
-            {
-                fence_wait = None;
-                self.promote(&feed, "planned switchover", &mut promoting);
-            }
-            // The heartbeats decide: a dead host's TCP connection can look
-            // alive for minutes (no FIN or RST ever comes).
-            if !promoting && !diverged && self.promoted_at.is_none() && self.hb.peer() == Some(PeerState::Dead) {
-                match shared.cfg.policy {
-                    Policy::PreferAvailability => {
-                        let silence = self.hb.silence();
-                        if let Ok(mut s) = shared.status.lock() {
-                            s.detect_ms = Some(silence.as_secs_f64() * 1e3);
-                        }
-                        self.promote(&feed, &format!("the primary has been silent for {silence:?}"), &mut promoting);
-                    }
-                    Policy::PreferConsistency => {
-                        shared.set_state("primary unreachable: not promoting (policy prefer-consistency)")
-                    }
-                }
-            }
-        }
-    }
-
-    /// Ends the log here (the engine replays what it has, then takes over).
-    fn promote(&mut self, feed: &Feed, why: &str, promoting: &mut bool) {
-        if *promoting {
-            return;
-        }
-        *promoting = true;
-        self.promoted_at = Some(Instant::now());
-        tracing::info!("promoting: {why}");
-        self.shared.set_state("promoting");
-        if let Ok(mut r) = self.shared.role.lock() {
-            *r = Role::Primary;
-        }
-        if let Ok(mut s) = self.shared.link.sender.lock() {
-            let e = s.epoch() + 1;
-            s.set_epoch(e);
-        }
-        if let Ok(mut f) = feed.lock() {
-            f.take();
-        }
-        self.shared.link.close();
-    }
-
-    fn spawn_replay_engine(
-        &self,
-        log: pipe::LogPipe,
-        armed: Arc<Mutex<Option<Armed>>>,
-        force: Arc<AtomicBool>,
-    ) -> anyhow::Result<()> {
-        let shared = self.shared.clone();
-        let init = self.init.clone();
-        let cmds = Commands::new()?;
-        if let Ok(mut c) = shared.commands.lock() {
-            *c = Some(cmds.clone());
-        }
-        std::thread::Builder::new().name("ftnet-engine".into()).spawn(move || {
-            let opts = Options { live: true, ..Options::default() };
-            let cpu = Some(shared.cfg.node.cpu);
-            let mut rep = match launch::start_replay(Box::new(log), cpu, opts) {
-                Ok(r) => r,
-                Err(e) => return shared.event(NodeEvent::EngineFailed(e.to_string())),
-            };
-            init.store(rep.sup.init_pid, Ordering::Release);
-            rep.sup.live = Some(shared.live.clone());
-            if let Err(e) = rep.sup.set_commands(cmds) {
-                return shared.event(NodeEvent::EngineFailed(e.to_string()));
-            }
-            loop {
-                match rep.sup.run() {
-                    Ok(RunEnd::Exited(s)) => return shared.event(NodeEvent::ReplicaExited(s)),
-                    Ok(RunEnd::LogCut) => {}
-                    Err(e @ EngineError::Divergence(_)) => {
-                        shared.event(NodeEvent::EngineFailed(e.to_string()));
-                        // Wait for a forced promotion (the replica stays parked).
-                        while !force.load(Ordering::Acquire) {
-                            std::thread::sleep(Duration::from_millis(50));
-                        }
-                    }
-                    Err(e) => return shared.event(NodeEvent::EngineFailed(e.to_string())),
-                }
-                let Some(armed) = armed.lock().ok().and_then(|mut a| a.take()) else {
-                    return shared.event(NodeEvent::EngineFailed("takeover: not armed".into()));
-                };
-                let started = Instant::now();
-                match takeover::take_over(&shared, &rep.sup, armed) {
-                    Ok((report, failed)) => {
-                        if let Ok(mut s) = shared.status.lock() {
-                            s.takeover_ms = Some(started.elapsed().as_secs_f64() * 1e3);
-                            s.notes.extend(failed);
-                        }
-                        tracing::info!(
-                            "takeover: {} connections in {:.1} ms (build {:.1} ms, VIP {:.1} ms, ARP {:.1} ms, release {:.1} ms)",
-                            report.connections,
-                            report.total_ns as f64 / 1e6,
-                            report.build_ns as f64 / 1e6,
-                            report.vip_ns as f64 / 1e6,
-                            report.garp_ns as f64 / 1e6,
-                            report.release_ns as f64 / 1e6
-                        );
-                    }
-                    Err(e) => shared.note(format!("takeover failed: {e}")),
-                }
-                if let Err(e) = rep.sup.go_live(Box::new(crate::replica::log::NullSink)) {
-                    return shared.event(NodeEvent::EngineFailed(e.to_string()));
-                }
-                shared.event(NodeEvent::Promoted);
-            }
-        })?;
-        Ok(())
-    }
-}
-
-fn on_frame_primary(shared: &Shared, f: crate::link::Frame) {
-    match f.msg {
-        Message::Ack(a) => shared.link.on_ack(a.received, a.applied),
-        Message::Fence(fence) if fence.reason == FenceReason::Switchover => {
-            shared.event(NodeEvent::SwitchoverRequested)
-        }
-        Message::Promoted(p) => shared.event(NodeEvent::Superseded(p.epoch)),
-        other => tracing::debug!("primary: ignoring {:?} from the backup", other.kind()),
-    }
-}
-
-type Feed = Arc<Mutex<Option<std::sync::mpsc::SyncSender<(u64, Vec<u8>)>>>>;
-
-fn on_frame_backup(shared: &Shared, feed: &Feed, f: crate::link::Frame) {
-    // After a fence nothing of the primary's stream counts any more.
-    if shared.link.fenced_at.load(Ordering::Acquire) < f.seq {
-        return;
-    }
-    match f.msg {
-        Message::Log(bytes) => {
-            let tx = feed.lock().ok().and_then(|g| g.clone());
-            if let Some(tx) = tx {
-                shared.link.in_pipe.fetch_add(1, Ordering::AcqRel);
-                if tx.send((f.seq, bytes)).is_err() {
-                    shared.link.in_pipe.fetch_sub(1, Ordering::AcqRel);
-                }
-            }
-        }
-        Message::Segment(bytes) => {
-            if let Ok(Some((fr, _))) = crate::net::forward::Frame::parse(&bytes)
-                && let Ok(mut t) = shared.tracker.lock()
-            {
-                let now = sfd::clock_ns(libc::CLOCK_MONOTONIC).max(0) as u64;
-                let _ = t.observe(now, fr.packet);
-            }
-        }
-        Message::Fence(fence) => {
-            shared.link.fenced_at.store(fence.position, Ordering::Release);
-            shared.event(NodeEvent::PeerFenced(fence.position))
-        }
-        Message::Promoted(p) => shared.event(NodeEvent::Superseded(p.epoch)),
-        Message::Ack(_) => {}
-        other => tracing::debug!("backup: ignoring {:?}", other.kind()),
-    }
-}
-
-fn spawn_tracker_sync(shared: Arc<Shared>) {
-    let _ = std::thread::Builder::new().name("ftnet-tracker".into()).spawn(move || {
-        while shared.role() == Role::Backup {
-            takeover::sync_tracker(&shared);
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    });
 }

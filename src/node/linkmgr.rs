@@ -55,6 +55,13 @@ fn accept_loop(
     tracing::info!("link: listening on {addr}");
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };
+        if shared.link.retired.load(Ordering::Acquire) {
+            // Dropping the stream closes it: the backup sees the refusal.
+            shared.note(
+                "link: refused a backup: this primary went on alone (restart the pair to protect it again)".into(),
+            );
+            continue;
+        }
         let peer = stream.peer_addr().map(|a| a.ip()).ok();
         if peer != Some(shared.cfg.node.peer_link.ip()) {
             shared.note(format!("link: refused a connection from {peer:?}: not the configured peer"));
@@ -74,8 +81,8 @@ fn dial_loop(
 ) {
     let mut quiet = 0u32;
     loop {
-        if shared.role() == crate::link::Role::Primary {
-            // Promoted: a backup no longer dials its old primary.
+        if shared.role() == crate::link::Role::Primary || shared.link.retired.load(Ordering::Acquire) {
+            // Promoting or promoted: a backup no longer dials its old primary.
             return;
         }
         match connect_from(shared.cfg.node.link, shared.cfg.node.peer_link) {
@@ -131,7 +138,14 @@ fn session(
             return;
         }
     };
-    if est.superseded {
+    if est.superseded && shared.role() == crate::link::Role::Backup && est.peer.role == crate::link::Role::Primary {
+        // The witness numbers the primary's history: a backup follows it.
+        tracing::info!("link: following the primary's epoch {}", est.peer.epoch);
+        receiver.set_epoch(est.peer.epoch);
+        if let Ok(mut s) = shared.link.sender.lock() {
+            s.set_epoch(est.peer.epoch);
+        }
+    } else if est.superseded {
         shared.event(NodeEvent::Superseded(est.peer.epoch));
     }
     hb.install(est.heartbeat.clone());
@@ -175,7 +189,10 @@ fn session(
                 // The backup acknowledges once per burst: when the next
                 // frame is not here yet (so the primary never waits on a
                 // frame we already hold).
-                if shared.role() == crate::link::Role::Backup && !reader.frame_buffered() {
+                if shared.role() == crate::link::Role::Backup
+                    && !reader.frame_buffered()
+                    && !shared.link.retired.load(Ordering::Acquire)
+                {
                     // Everything received is applied unless log frames still
                     // wait for the engine (segments are applied on receipt).
                     let received = receiver.ack(0).received;
@@ -200,6 +217,9 @@ fn session(
         }
         if !shared.link.connected.load(Ordering::Acquire) {
             break "the writer stopped".into();
+        }
+        if shared.link.retired.load(Ordering::Acquire) {
+            break "the link was retired".into();
         }
     };
     shared.link.connected.store(false, Ordering::Release);

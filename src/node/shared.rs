@@ -42,6 +42,14 @@ pub enum NodeEvent {
     /// An operator told this primary to stop waiting for a lost backup and
     /// go on alone (`ftnet promote --force` on the primary).
     GoAlone,
+    /// The witness granted the lease at this epoch (Start, Solo, Takeover).
+    LeaseGranted(u64),
+    /// The witness refused to renew: someone else holds the lease, or the
+    /// epoch moved past ours. We were replaced.
+    LeaseLost(String),
+    /// A takeover was refused because the primary went on alone after our
+    /// log: this backup can never promote.
+    LeaseStale(String),
     /// An operator asked for a signal to the replica.
     SignalRequested(i32),
     /// Stop the node.
@@ -77,6 +85,10 @@ pub struct LinkState {
     pub sessions: AtomicU64,
     /// The current session's socket (to cut it from another thread).
     pub socket: Mutex<Option<std::net::TcpStream>>,
+    /// The link is over for good: the primary went on alone or the backup
+    /// is promoting. No session is accepted, dialed or acknowledged again
+    /// (a stream cannot resume across a gap it never carried).
+    pub retired: AtomicBool,
 }
 
 impl LinkState {
@@ -97,7 +109,14 @@ impl LinkState {
             fenced_at: AtomicU64::new(u64::MAX),
             sessions: AtomicU64::new(0),
             socket: Mutex::new(None),
+            retired: AtomicBool::new(false),
         })
+    }
+
+    /// Ends the link for good (see [`LinkState::retired`]).
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
+        self.close();
     }
 
     /// Ends the current session (its threads see the socket close).

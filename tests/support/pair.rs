@@ -5,7 +5,7 @@
 //! pair drops (the topology's own teardown kills the rest).
 #![allow(dead_code)]
 
-use crate::netns::{Host, STATE_DIR, Topo, VIP};
+use crate::netns::{Host, STATE_DIR, Topo, VIP, WITNESS};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -36,16 +36,33 @@ pub struct Pair {
     pub a: Option<Daemon>,
     pub b: Option<Daemon>,
     pub bg: Vec<Child>,
+    pub guard: Guard,
+    /// The witness (`ftnet witness` or etcd) on host w.
+    pub witness: Option<Child>,
 }
 
 impl Drop for Pair {
     fn drop(&mut self) {
-        for c in self.bg.iter_mut() {
+        for c in self.bg.iter_mut().chain(self.witness.as_mut()) {
             let _ = c.kill();
             let _ = c.wait();
         }
     }
 }
+
+/// What keeps the pair from having two primaries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Guard {
+    /// No witness: `policy = "..."`.
+    Policy(&'static str),
+    /// `ftnet witness` on host w (10.77.0.20:7800).
+    Witness,
+    /// etcd on host w (10.77.0.20:2379).
+    Etcd,
+}
+
+/// The witness's lease time in the tests.
+pub const LEASE_MS: u64 = 400;
 
 /// What the pair serves.
 pub enum Server {
@@ -102,7 +119,26 @@ impl Pair {
     /// Builds the topology, the key, both configurations and each host's
     /// own copy of the server's files. `tweak_b` may change b's copy (to
     /// make it diverge).
-    pub fn new(prefix: &str, server: Server, policy: &str, big_len: usize, tweak_b: Option<&dyn Fn(&Path)>) -> Pair {
+    pub fn new(
+        prefix: &str,
+        server: Server,
+        policy: &'static str,
+        big_len: usize,
+        tweak_b: Option<&dyn Fn(&Path)>,
+    ) -> Pair {
+        Pair::guarded(prefix, server, Guard::Policy(policy), big_len, tweak_b)
+    }
+
+    /// [`Pair::new`] with a witness or a policy; a witness is started on
+    /// host w (its state file lives in the test's directory, so a restarted
+    /// witness keeps its epochs).
+    pub fn guarded(
+        prefix: &str,
+        server: Server,
+        guard: Guard,
+        big_len: usize,
+        tweak_b: Option<&dyn Fn(&Path)>,
+    ) -> Pair {
         let topo = Topo::up(prefix);
         let dir = tempfile::Builder::new().prefix("ftnet-pair-").tempdir_in("/tmp").expect("tempdir");
         let d = dir.path();
@@ -142,9 +178,17 @@ impl Pair {
             (Host::A, "a", "10.78.0.1", "10.78.0.2", "10.77.0.1", "10.77.0.2"),
             (Host::B, "b", "10.78.0.2", "10.78.0.1", "10.77.0.2", "10.77.0.1"),
         ] {
+            let guard_toml = match guard {
+                Guard::Policy(p) => format!("policy = \"{p}\"\n"),
+                _ => String::new(),
+            };
+            let witness_toml = match guard {
+                Guard::Policy(_) => String::new(),
+                Guard::Witness => format!("[witness]\nkind = \"ftnet\"\naddress = \"{WITNESS}:7800\"\n"),
+                Guard::Etcd => format!("[witness]\nkind = \"etcd\"\nendpoints = [\"http://{WITNESS}:2379\"]\n"),
+            };
             let cfg = format!(
-                r#"policy = "{policy}"
-[service]
+                r#"{guard_toml}[service]
 command = {command}
 vip = "{VIP}/24"
 interface = "svc0"
@@ -153,7 +197,8 @@ ports = [{port}]
 key_file = "{key}"
 heartbeat_interval_ms = 20
 heartbeat_timeout_ms = 100
-[node]
+lease_ms = {LEASE_MS}
+{witness_toml}[node]
 name = "{name}"
 link = "{me}:7700"
 peer_link = "{peer}:7700"
@@ -182,7 +227,104 @@ cpu = 0
             t(&alt);
             topo.run(Host::B, &["sh", "-c", &format!("cp -a {}/. {STATE_DIR}/www/", alt.display())]);
         }
-        Pair { topo, dir, a: None, b: None, bg: vec![] }
+        let mut p = Pair { topo, dir, a: None, b: None, bg: vec![], guard, witness: None };
+        p.start_witness();
+        p
+    }
+
+    /// Starts the witness on host w (no-op without one) and waits until it
+    /// answers.
+    pub fn start_witness(&mut self) {
+        let d = self.dir.path().to_path_buf();
+        let argv: Vec<String> = match self.guard {
+            Guard::Policy(_) => return,
+            Guard::Witness => vec![
+                ftnet().into(),
+                "witness".into(),
+                "--listen".into(),
+                format!("{WITNESS}:7800"),
+                "--key".into(),
+                d.join("key").display().to_string(),
+                "--state".into(),
+                d.join("witness.state").display().to_string(),
+            ],
+            Guard::Etcd => vec![
+                "etcd".into(),
+                "--name".into(),
+                "w".into(),
+                "--data-dir".into(),
+                d.join("etcd").display().to_string(),
+                "--listen-client-urls".into(),
+                format!("http://{WITNESS}:2379"),
+                "--advertise-client-urls".into(),
+                format!("http://{WITNESS}:2379"),
+                "--listen-peer-urls".into(),
+                "http://127.0.0.1:2380".into(),
+                "--initial-advertise-peer-urls".into(),
+                "http://127.0.0.1:2380".into(),
+                "--initial-cluster".into(),
+                "w=http://127.0.0.1:2380".into(),
+                // A 1 s minimum lease instead of 2 s (see src/witness/etcd.rs).
+                "--heartbeat-interval".into(),
+                "20".into(),
+                "--election-timeout".into(),
+                "100".into(),
+            ],
+        };
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(d.join("witness.log")).expect("log");
+        let args: Vec<&str> = argv.iter().map(|s| s.as_str()).collect();
+        let mut c = self.topo.cmd(Host::W, &args);
+        c.stdout(log.try_clone().expect("dup")).stderr(log).stdin(Stdio::null());
+        self.witness = Some(c.spawn().expect("spawn the witness"));
+        let probe = match self.guard {
+            Guard::Etcd => {
+                format!("import urllib.request; urllib.request.urlopen('http://{WITNESS}:2379/health', timeout=1)")
+            }
+            _ => "import time; time.sleep(0.2)".to_string(),
+        };
+        let until = Instant::now() + Duration::from_secs(20);
+        while !self.topo.output(Host::W, &["python3", "-c", &probe]).status.success() {
+            assert!(Instant::now() < until, "the witness did not come up: {}", self.witness_log());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Kills the witness process (its state file stays).
+    pub fn kill_witness(&mut self) {
+        if let Some(mut c) = self.witness.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn witness_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("witness.log")).unwrap_or_default()
+    }
+
+    /// Who sent from the VIP, in a client capture: (time, host) for every
+    /// TCP segment and ARP packet whose source is the VIP, `host` being
+    /// "a", "b" or the MAC.
+    pub fn vip_senders(&self, pcap: &Path) -> Vec<(f64, String)> {
+        let o = Command::new("tcpdump")
+            .args(["-tt", "-e", "-n", "-r", pcap.to_str().expect("utf8")])
+            .arg(format!("(src host {VIP} and tcp) or (arp and arp[14:4] = 0x{:08x})", u32::from(VIP)))
+            .stderr(Stdio::null())
+            .output()
+            .expect("tcpdump -r");
+        text(&o.stdout)
+            .lines()
+            .filter_map(|l| {
+                let mut w = l.split_whitespace();
+                let t: f64 = w.next()?.parse().ok()?;
+                let mac = w.next()?.to_string();
+                let who = match mac.as_str() {
+                    "02:77:00:00:00:01" => "a".to_string(),
+                    "02:77:00:00:00:02" => "b".to_string(),
+                    _ => mac,
+                };
+                Some((t, who))
+            })
+            .collect()
     }
 
     fn start(&self, host: Host, name: &str, role: &str) -> Daemon {

@@ -1,0 +1,260 @@
+//! The node's side of the witness lease (see `crate::witness`): one thread
+//! that asks the witness for what the main loop wants and keeps renewing
+//! what it holds.
+//!
+//! What the main loop may want ([`Want`]):
+//! - `Start`: a primary starting a new history (epoch + 1);
+//! - `Hold`: keep renewing the epoch we hold;
+//! - `Solo`: the primary goes on without its backup (epoch + 1, so no log
+//!   of the older epoch can ever be promoted);
+//! - `Takeover { log_epoch }`: a backup promotes; granted only when the
+//!   primary's lease lapsed and the witness is still at the epoch of our log;
+//! - `Release`: a planned switchover hands the lease over.
+//!
+//! Invariants:
+//! - the lease counts as held only until `sent + ttl - margin` of the
+//!   request that was granted, on our own monotonic clock
+//!   ([`crate::witness::valid_until`]), so our view lapses before the
+//!   witness's;
+//! - a grant is reported once ([`NodeEvent::LeaseGranted`]); a renewal the
+//!   witness refuses (someone else holds it, or the epoch moved) is reported
+//!   as [`NodeEvent::LeaseLost`] and renewing stops; a takeover refused
+//!   because the epoch moved past our log is [`NodeEvent::LeaseStale`];
+//! - unreachable witness: nothing is reported but the lapse (the caller asks
+//!   [`Lease::valid`]); requests never block longer than a quarter TTL.
+
+use super::shared::{NodeEvent, Shared};
+use crate::witness::{Answer, LeaseClient, Request};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// What the main loop wants from the witness.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Want {
+    Idle,
+    Start,
+    Hold,
+    Solo,
+    Takeover { log_epoch: u64 },
+    Release,
+}
+
+#[derive(Debug)]
+struct Inner {
+    want: Want,
+    /// The epoch we hold (0: none).
+    epoch: u64,
+    valid_until: Option<Instant>,
+    /// The last answer's view of the lease.
+    holder: Option<String>,
+    witness_epoch: u64,
+    solo: bool,
+    last_error: Option<String>,
+    last_denial: Option<String>,
+    requests: u64,
+    failures: u64,
+    last_ok: Option<Instant>,
+}
+
+/// The lease and its thread (see the module docs).
+pub struct Lease {
+    inner: Mutex<Inner>,
+    cv: Condvar,
+    ttl: Duration,
+    witness: String,
+}
+
+impl Lease {
+    /// Starts the lease thread with `client`; nothing is requested until
+    /// [`Lease::want`].
+    pub fn spawn(shared: Arc<Shared>, client: Box<dyn LeaseClient>, witness: String) -> std::io::Result<Arc<Lease>> {
+        let ttl = Duration::from_millis(shared.cfg.link.lease_ms);
+        let lease = Arc::new(Lease {
+            inner: Mutex::new(Inner {
+                want: Want::Idle,
+                epoch: 0,
+                valid_until: None,
+                holder: None,
+                witness_epoch: 0,
+                solo: false,
+                last_error: None,
+                last_denial: None,
+                requests: 0,
+                failures: 0,
+                last_ok: None,
+            }),
+            cv: Condvar::new(),
+            ttl,
+            witness,
+        });
+        let l2 = lease.clone();
+        std::thread::Builder::new().name("ftnet-lease".into()).spawn(move || l2.run(&shared, client))?;
+        Ok(lease)
+    }
+
+    /// Asks for `w` now (the thread wakes at once).
+    pub fn want(&self, w: Want) {
+        if let Ok(mut g) = self.inner.lock() {
+            if g.want != w {
+                g.want = w;
+                g.last_denial = None;
+            }
+            self.cv.notify_all();
+        }
+    }
+
+    /// Whether we hold the lease right now (by our own, earlier-lapsing
+    /// clock).
+    pub fn valid(&self) -> bool {
+        self.inner.lock().map(|g| g.epoch > 0 && g.valid_until.is_some_and(|t| Instant::now() < t)).unwrap_or(false)
+    }
+
+    /// The epoch we hold (0: none).
+    pub fn epoch(&self) -> u64 {
+        self.inner.lock().map(|g| g.epoch).unwrap_or(0)
+    }
+
+    /// For `ftnet status`.
+    pub fn status(&self) -> serde_json::Value {
+        let Ok(g) = self.inner.lock() else { return serde_json::Value::Null };
+        let now = Instant::now();
+        serde_json::json!({
+            "witness": self.witness,
+            "ttl_ms": self.ttl.as_millis() as u64,
+            "wanted": format!("{:?}", g.want),
+            "held": g.epoch > 0 && g.valid_until.is_some_and(|t| now < t),
+            "epoch": g.epoch,
+            "valid_for_ms": g.valid_until.map(|t| t.saturating_duration_since(now).as_millis() as u64),
+            "holder": g.holder,
+            "witness_epoch": g.witness_epoch,
+            "solo": g.solo,
+            "last_answer_ms_ago": g.last_ok.map(|t| now.duration_since(t).as_millis() as u64),
+            "requests": g.requests,
+            "failures": g.failures,
+            "last_error": g.last_error,
+            "last_denial": g.last_denial,
+        })
+    }
+
+    fn run(&self, shared: &Shared, mut client: Box<dyn LeaseClient>) {
+        let service = hex(&shared.cfg.digest());
+        let node = shared.cfg.node.name.clone();
+        let period = (self.ttl / 4).max(Duration::from_millis(5));
+        loop {
+            let (want, epoch) = match self.inner.lock() {
+                Ok(g) => (g.want, g.epoch),
+                Err(_) => return,
+            };
+            let req = match want {
+                Want::Idle => None,
+                Want::Start => Some(Request::Start),
+                Want::Hold => Some(Request::Renew { epoch }),
+                Want::Solo => Some(Request::Solo { epoch }),
+                Want::Takeover { log_epoch } => Some(Request::Takeover { log_epoch }),
+                Want::Release => Some(Request::Release { epoch }),
+            };
+            if let Some(req) = req {
+                let sent = Instant::now();
+                let answer = client.request(&service, &node, req, self.ttl, period);
+                self.apply(shared, want, sent, answer);
+            }
+            let Ok(g) = self.inner.lock() else { return };
+            let _ = self.cv.wait_timeout_while(g, period, |g| g.want == want);
+        }
+    }
+
+    fn apply(&self, shared: &Shared, want: Want, sent: Instant, answer: Result<Answer, crate::witness::WitnessError>) {
+        let Ok(mut g) = self.inner.lock() else { return };
+        g.requests += 1;
+        let answer = match answer {
+            Ok(a) => a,
+            Err(e) => {
+                g.failures += 1;
+                if g.last_error.as_deref() != Some(&e.to_string()) {
+                    tracing::warn!("witness {}: {e}", self.witness);
+                }
+                g.last_error = Some(e.to_string());
+                return;
+            }
+        };
+        g.last_ok = Some(Instant::now());
+        g.last_error = None;
+        if g.want != want {
+            // The main loop changed its mind while we asked: the next round
+            // asks for the new thing (a stale grant is harmless: it only
+            // extends what the next request settles).
+            return;
+        }
+        match answer {
+            Answer::Granted { epoch, ttl } => {
+                let fresh = epoch != g.epoch || matches!(want, Want::Start | Want::Solo | Want::Takeover { .. });
+                g.epoch = epoch;
+                g.witness_epoch = epoch;
+                g.holder = Some(shared.cfg.node.name.clone());
+                g.valid_until = Some(crate::witness::valid_until(sent, ttl.min(self.ttl)));
+                g.last_denial = None;
+                match want {
+                    Want::Release => {
+                        g.epoch = 0;
+                        g.valid_until = None;
+                        g.holder = None;
+                        g.want = Want::Idle;
+                    }
+                    Want::Solo => {
+                        g.solo = true;
+                        g.want = Want::Hold;
+                    }
+                    Want::Start | Want::Takeover { .. } => g.want = Want::Hold,
+                    _ => {}
+                }
+                if fresh && want != Want::Release {
+                    drop(g);
+                    shared.event(NodeEvent::LeaseGranted(epoch));
+                }
+            }
+            Answer::Denied { holder, epoch, remaining, reason } => {
+                let text = format!(
+                    "{reason} (holder {}, epoch {epoch}, {} ms left)",
+                    holder.as_deref().unwrap_or("none"),
+                    remaining.as_millis()
+                );
+                g.holder = holder;
+                g.witness_epoch = epoch;
+                g.last_denial = Some(text.clone());
+                match want {
+                    Want::Hold | Want::Solo => {
+                        g.want = Want::Idle;
+                        g.epoch = 0;
+                        g.valid_until = None;
+                        drop(g);
+                        shared.event(NodeEvent::LeaseLost(text));
+                    }
+                    Want::Takeover { log_epoch } if epoch != log_epoch => {
+                        g.want = Want::Idle;
+                        drop(g);
+                        shared.event(NodeEvent::LeaseStale(text));
+                    }
+                    Want::Release => {
+                        g.want = Want::Idle;
+                        g.epoch = 0;
+                        g.valid_until = None;
+                    }
+                    // Start and Takeover wait for the holder's lease to lapse.
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// The witness, for logs and status.
+pub fn describe(w: &crate::witness::WitnessConfig) -> String {
+    match w {
+        crate::witness::WitnessConfig::Ftnet { address } => format!("ftnet witness at {address}"),
+        crate::witness::WitnessConfig::Etcd { endpoints, .. } => format!("etcd at {}", endpoints.join(",")),
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
