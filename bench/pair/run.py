@@ -21,10 +21,15 @@ failover    KILLS times: a fresh pair, a keep-alive HTTPS request loop (one
             before b decided, from b's status), takeover_ms (decision to
             live), and the stall the client saw (the longest gap between two
             responses minus the 10 ms pacing). Reports min/median/p90/max.
+            --guard picks what settles a cut network: the policy
+            prefer-availability (default), an `ftnet witness` or a
+            one-member etcd on host w (then b also waits for a's lease to
+            lapse before it promotes).
 
 Usage (as root): bench/pair/run.py [--runs 3] [--seconds 8] [--kills 20]
-                 [--only throughput|failover]
-Prints a table and writes the raw figures to bench/pair/last.json.
+                 [--only throughput|failover] [--guard policy|witness|etcd]
+Prints a table and writes the raw figures to bench/pair/last.json (with a
+witness: last-witness.json, last-etcd.json).
 Needs nginx, redis-server, redis-tools, wrk, openssl, python3; builds ftnet.
 """
 import argparse, json, os, re, statistics, subprocess, sys, tempfile, time
@@ -135,18 +140,30 @@ def port(server):
     return 443 if server == "nginx" else 6379
 
 
-def configs(work, server, policy="prefer-availability"):
+WITNESS = "10.77.0.20"
+
+
+def guard_toml(guard):
+    """The configuration's answer to a cut network: a policy or a witness."""
+    if guard == "witness":
+        return f'[witness]\nkind = "ftnet"\naddress = "{WITNESS}:7800"\n'
+    if guard == "etcd":
+        return f'[witness]\nkind = "etcd"\nendpoints = ["http://{WITNESS}:2379"]\n'
+    return ""
+
+
+def configs(work, server, policy="prefer-availability", guard="policy"):
+    top = f'policy = "{policy}"\n' if guard == "policy" else ""
     for n, me, peer, mes, peers, cpu in (("a", "10.78.0.1", "10.78.0.2", "10.77.0.1", "10.77.0.2", 0), ("b", "10.78.0.2", "10.78.0.1", "10.77.0.2", "10.77.0.1", 1)):
         with open(f"{work}/{n}.toml", "w") as f:
-            f.write(f"""policy = "{policy}"
-[service]
+            f.write(f"""{top}[service]
 command = {json.dumps(command(server))}
 vip = "{VIP}/24"
 interface = "svc0"
 ports = [{port(server)}]
 [link]
 key_file = "{work}/key"
-[node]
+{guard_toml(guard)}[node]
 name = "{n}"
 link = "{me}:7700"
 peer_link = "{peer}:7700"
@@ -187,8 +204,23 @@ def start_bare(t, server):
     wait_port(t, port(server))
 
 
-def start_pair(t, server, policy="prefer-availability"):
-    configs(t.work, server, policy)
+def start_witness(t, guard):
+    """`ftnet witness` or a one-member etcd on host w; waits until it answers."""
+    if guard == "witness":
+        t.bg("w", [FTNET, "witness", "--listen", f"{WITNESS}:7800", "--key", f"{t.work}/key", "--state", f"{t.work}/{t.name}.witness"], f"{t.work}/witness.log")
+        time.sleep(0.2)
+    elif guard == "etcd":
+        d = f"{t.work}/{t.name}.etcd"
+        peer = "http://127.0.0.1:2380"
+        t.bg("w", ["etcd", "--data-dir", d, "--listen-client-urls", f"http://{WITNESS}:2379", "--advertise-client-urls", f"http://{WITNESS}:2379",
+                   "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer, "--initial-cluster", f"default={peer}",
+                   "--heartbeat-interval", "20", "--election-timeout", "100"], f"{t.work}/witness.log")
+        probe = f"import urllib.request; urllib.request.urlopen('http://{WITNESS}:2379/health', timeout=1)"
+        wait(lambda: ex(t.name, "w", "python3", "-c", probe, check=False).returncode == 0, 20, "etcd")
+
+
+def start_pair(t, server, policy="prefer-availability", guard="policy"):
+    configs(t.work, server, policy, guard)
     t.bg("a", [FTNET, "up", "--config", f"{t.work}/a.toml", "--role", "primary"], f"{t.work}/a.log")
     time.sleep(0.2)
     t.bg("b", [FTNET, "up", "--config", f"{t.work}/b.toml", "--role", "backup"], f"{t.work}/b.log")
@@ -247,12 +279,13 @@ def throughput(work, runs, seconds):
     return res
 
 
-def failover(work, kills):
+def failover(work, kills, guard):
     out = []
     for i in range(kills):
         with Topo(work) as t:
             t.install("nginx")
-            start_pair(t, "nginx")
+            start_witness(t, guard)
+            start_pair(t, "nginx", guard=guard)
             stop = f"{work}/stop"
             if os.path.exists(stop):
                 os.unlink(stop)
@@ -289,6 +322,8 @@ def main():
     ap.add_argument("--seconds", type=int, default=8)
     ap.add_argument("--kills", type=int, default=20)
     ap.add_argument("--only", choices=["throughput", "failover"])
+    ap.add_argument("--guard", choices=["policy", "witness", "etcd"], default="policy",
+                    help="failover: prefer-availability (no witness), an ftnet witness, or etcd on host w")
     a = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench/pair/run.py: run as root (namespaces, NFQUEUE, ptrace)")
@@ -321,14 +356,16 @@ def main():
                 p = statistics.median(r[test][k] for r in t["redis"]["pair"])
                 print(f"redis {test} {k:7} bare {b:10.2f}  pair {p:10.2f}  ratio {p / b:.3f}")
     if a.only in (None, "failover"):
-        f = failover(work, a.kills)
+        f = failover(work, a.kills, a.guard)
         result["failover"] = f
-        print(f"\n== failover over {len(f)} kills of host a (ms)")
+        result["guard"] = a.guard
+        print(f"\n== failover over {len(f)} kills of host a (ms), guard: {a.guard}")
         print("detect   ", dist([r["detect_ms"] for r in f]))
         print("takeover ", dist([r["takeover_ms"] for r in f]))
         print("stall    ", dist([r["stall_ms"] for r in f]))
         print("client errors", sum(r["errors"] for r in f), "reconnects", sum(r["connections"] - 1 for r in f))
-    with open(os.path.join(ROOT, "bench/pair/last.json"), "w") as fh:
+    name = "last.json" if a.guard == "policy" else f"last-{a.guard}.json"
+    with open(os.path.join(ROOT, "bench/pair", name), "w") as fh:
         json.dump(result, fh, indent=1)
     subprocess.run(["rm", "-rf", work])
 
