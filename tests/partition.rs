@@ -233,7 +233,15 @@ fn kill_the_primary(guard: Guard, prefix: &str) {
     std::thread::sleep(Duration::from_secs(2));
     p.topo.kill(Host::A);
     let st = p.wait_state(Host::B, "live", Duration::from_secs(20));
-    assert!(st["lease"]["epoch"].as_u64().unwrap_or(0) > e0, "b holds the lease at a newer epoch: {st}");
+    let e1 = st["lease"]["epoch"].as_u64().unwrap_or(0);
+    assert!(e1 > e0, "b holds the lease at a newer epoch: {st}");
+    // What an operator reads: who holds the lease, at which epoch, until when.
+    let text = p.status_text(Host::B);
+    let witness = match guard {
+        Guard::Etcd => format!("etcd at http://{}:2379", netns::WITNESS),
+        _ => format!("ftnet witness at {}:7800", netns::WITNESS),
+    };
+    assert!(text.contains(&format!("lease from {witness}: held at epoch {e1} (holder b, valid for ")), "{text}");
     let v = counter_result(&mut p, i, &out);
     assert_consistent(&v);
     assert_eq!(assert_one_server(&p, &pcap), ["a", "b"]);

@@ -363,6 +363,12 @@ cpu = 0
         serde_json::from_slice(&o.stdout).unwrap_or(serde_json::Value::Null)
     }
 
+    /// `ftnet status` of a node, as an operator reads it.
+    pub fn status_text(&self, host: Host) -> String {
+        let o = self.topo.output(host, &[ftnet(), "status", "--socket", &self.daemon(host).socket]);
+        text(&o.stdout)
+    }
+
     pub fn wait_state(&self, host: Host, state: &str, limit: Duration) -> serde_json::Value {
         let until = Instant::now() + limit;
         loop {
