@@ -182,6 +182,28 @@ fn a_cut_off_from_everything_b_takes_over_and_a_never_answers_again() {
 }
 
 #[test]
+fn a_cut_off_from_its_clients_hands_the_service_to_b() {
+    let mut p = Pair::guarded("wc", Server::Redis, Guard::Witness, 0, None);
+    p.up();
+    let e0 = lease(&p, Host::A)["epoch"].as_u64().expect("a holds the lease");
+    let pcap = p.capture();
+    let (i, out) = start_counter(&mut p, 10);
+    std::thread::sleep(Duration::from_secs(2));
+    // a loses the service network (clients, witness, b's service
+    // heartbeats); the replication link still carries everything.
+    p.topo.cut(Link::ASvc);
+    let st = p.wait_state(Host::B, "live", Duration::from_secs(15));
+    assert!(st["lease"]["epoch"].as_u64().unwrap_or(0) > e0 && st["lease"]["held"] == true, "{st}");
+    assert_eq!(p.wait_exit(Host::A, Duration::from_secs(10)), Some(0), "{}", p.log(Host::A));
+    assert!(p.log(Host::A).contains("handing the service over to the backup"), "{}", p.log(Host::A));
+    let v = counter_result(&mut p, i, &out);
+    assert_consistent(&v);
+    assert_eq!(v["stalled_to_the_end"], false, "b served the client: {v}");
+    assert_eq!(assert_one_server(&p, &pcap), ["a", "b"]);
+    eprintln!("client's longest wait {} ms (a's lease lapsing, the hold, the switchover)", v["max_wait_ms"]);
+}
+
+#[test]
 fn b_cut_off_from_everything_never_promotes_and_a_goes_on_alone() {
     let mut p = Pair::guarded("wb", Server::Redis, Guard::Witness, 0, None);
     p.up();

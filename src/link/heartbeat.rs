@@ -15,7 +15,7 @@
 //! | 6 | 2 | reserved | 0 |
 //! | 8 | 8 | session | the link session whose heartbeat keys sealed it |
 //! | 16 | 8 | counter | per (session, sender, path), strictly increasing from 0 |
-//! | 24 | 32 | beat | sealed: role, flags (1 fenced, 2 stopping), 6 zero bytes, epoch, position, applied |
+//! | 24 | 32 | beat | sealed: role, flags (1 fenced, 2 stopping, 4 witness heard), 6 zero bytes, epoch, position, applied |
 //! | 56 | 16 | tag | Poly1305 over bytes 0..24 (associated data) and the beat |
 //!
 //! Keys come from the link session (one per direction, apart from the
@@ -81,6 +81,9 @@ pub struct Beat {
     pub fenced: bool,
     /// The sender is stopping (with its server, or on request).
     pub stopping: bool,
+    /// The sender heard its witness within one lease TTL (lets a primary
+    /// cut off from the service network know the backup could take over).
+    pub witness_ok: bool,
     pub epoch: u64,
     /// The sender's stream position (frames it has queued).
     pub position: u64,
@@ -95,7 +98,7 @@ impl Beat {
             Role::Primary => 1,
             Role::Backup => 2,
         };
-        b[1] = u8::from(self.fenced) | u8::from(self.stopping) << 1;
+        b[1] = u8::from(self.fenced) | u8::from(self.stopping) << 1 | u8::from(self.witness_ok) << 2;
         b[8..16].copy_from_slice(&self.epoch.to_be_bytes());
         b[16..24].copy_from_slice(&self.position.to_be_bytes());
         b[24..32].copy_from_slice(&self.applied.to_be_bytes());
@@ -110,13 +113,14 @@ impl Beat {
             2 => Role::Backup,
             r => return Err(LinkError::Heartbeat(format!("unknown role {r}"))),
         };
-        if flags & !3 != 0 || [r0, r1, r2, r3, r4, r5] != [0; 6] {
+        if flags & !7 != 0 || [r0, r1, r2, r3, r4, r5] != [0; 6] {
             return Err(LinkError::Heartbeat(format!("unknown flags {flags:#04x} or reserved bytes set")));
         }
         Ok(Beat {
             role,
             fenced: flags & 1 != 0,
             stopping: flags & 2 != 0,
+            witness_ok: flags & 4 != 0,
             epoch: u64::from_be_bytes([e0, e1, e2, e3, e4, e5, e6, e7]),
             position: u64::from_be_bytes([p0, p1, p2, p3, p4, p5, p6, p7]),
             applied: u64::from_be_bytes([a0, a1, a2, a3, a4, a5, a6, a7]),

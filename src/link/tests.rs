@@ -370,7 +370,15 @@ fn both_directions_use_different_keys() {
 }
 
 fn beat(role: Role, position: u64) -> Beat {
-    Beat { role, fenced: false, stopping: false, epoch: 1, position, applied: position / 2 }
+    Beat {
+        role,
+        fenced: false,
+        stopping: false,
+        witness_ok: role == Role::Backup,
+        epoch: 1,
+        position,
+        applied: position / 2,
+    }
 }
 
 #[test]
@@ -382,6 +390,7 @@ fn heartbeats_seal_open_and_replay() {
     rx.install(kb.clone());
     let mut x = beat(Role::Primary, 77);
     x.fenced = true;
+    x.witness_ok = true;
     let d0 = tx.seal(Path::Replication, &x).unwrap();
     let d1 = tx.seal(Path::Replication, &beat(Role::Primary, 78)).unwrap();
     let s0 = tx.seal(Path::Service, &x).unwrap();

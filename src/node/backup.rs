@@ -20,7 +20,7 @@ use super::daemon::Node;
 use super::lease::Want;
 use super::shared::{NodeEvent, Shared};
 use super::{linkmgr, pipe, takeover};
-use crate::link::{Fence, FenceReason, Hello, Key, Message, PeerState, Role};
+use crate::link::{Fence, FenceReason, Hello, Key, Message, Path, PeerState, Role};
 use crate::net::takeover::{Armed, TakeoverConfig};
 use crate::replica::engine::{Commands, EngineError, Options, RunEnd};
 use crate::replica::launch;
@@ -184,6 +184,15 @@ impl Node {
             {
                 st.fence_wait = None;
                 self.decide(&feed, "planned switchover", &mut st);
+            }
+            if let Some(l) = &self.lease {
+                // A primary silent on the service network but heard on the
+                // replication link may be cut off from its clients: find out
+                // whether we reach the witness and say so in our heartbeats
+                // (the primary then hands over; see check_service_network).
+                let probe = !st.busy() && !st.stale && self.hb.path_state(Path::Service) == Some(PeerState::Dead);
+                l.probe(probe);
+                self.hb.witness_ok.store(probe && l.reachable(), Ordering::Release);
             }
             if st.live {
                 if let Some(epoch) = self.replaced_by_heartbeat() {

@@ -58,6 +58,9 @@ pub(super) struct Node {
     pub(super) witness_noted: bool,
     /// Primary: the acknowledged position and when it last moved.
     pub(super) last_acked: (u64, Instant),
+    /// Primary: since when it has looked cut off from the service network
+    /// (see `Node::check_service_network`).
+    pub(super) cut_off_since: Option<Instant>,
 }
 
 fn identity(header: &crate::replica::log::Header) -> ReplicaIdentity {
@@ -142,6 +145,7 @@ pub fn up(config_path: &Path, role: Role) -> anyhow::Result<i32> {
         want_solo: false,
         witness_noted: false,
         last_acked: (0, Instant::now()),
+        cut_off_since: None,
     };
     let (s2, h2, c2, l2) = (node.shared.clone(), node.hb.clone(), node.commit_stats.clone(), node.lease.clone());
     control::spawn(node.shared.clone(), Arc::new(move || status_json(&s2, &h2, &c2, l2.as_deref())))

@@ -23,6 +23,8 @@ pub struct Heartbeats {
     /// We tell the peer we are fenced or stopping.
     pub fenced: AtomicBool,
     pub stopping: AtomicBool,
+    /// We tell the peer our witness answered within one lease TTL.
+    pub witness_ok: AtomicBool,
 }
 
 impl Heartbeats {
@@ -38,6 +40,7 @@ impl Heartbeats {
             paired: AtomicBool::new(false),
             fenced: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
+            witness_ok: AtomicBool::new(false),
         }
     }
 
@@ -57,6 +60,14 @@ impl Heartbeats {
             return None;
         }
         self.detector.lock().ok().map(|d| d.state(Instant::now()))
+    }
+
+    /// The peer's state on one path; `None` before we ever heard it.
+    pub fn path_state(&self, path: Path) -> Option<PeerState> {
+        if !self.paired.load(Ordering::Acquire) {
+            return None;
+        }
+        self.detector.lock().ok().map(|d| d.path_state(path, Instant::now()))
     }
 
     /// Silence since the peer was last heard.
@@ -99,6 +110,7 @@ pub fn spawn(shared: Arc<Shared>, hb: Arc<Heartbeats>) {
                 role: s2.role(),
                 fenced: hb2.fenced.load(Ordering::Acquire),
                 stopping: hb2.stopping.load(Ordering::Acquire),
+                witness_ok: hb2.witness_ok.load(Ordering::Acquire),
                 epoch: s2.link.sender.lock().map(|s| s.epoch()).unwrap_or(0),
                 position: match s2.role() {
                     Role::Primary => s2.link.sender.lock().map(|s| s.position()).unwrap_or(0),

@@ -21,7 +21,10 @@
 //!   as [`NodeEvent::LeaseLost`] and renewing stops; a takeover refused
 //!   because the epoch moved past our log is [`NodeEvent::LeaseStale`];
 //! - unreachable witness: nothing is reported but the lapse (the caller asks
-//!   [`Lease::valid`]); requests never block longer than a quarter TTL.
+//!   [`Lease::valid`]); requests never block longer than a quarter TTL;
+//! - while nothing is wanted, [`Lease::probe`] makes the thread query the
+//!   witness each quarter TTL, so [`Lease::reachable`] says whether it
+//!   answered within one TTL (a backup tells its primary so).
 
 use super::shared::{NodeEvent, Shared};
 use crate::witness::{Answer, LeaseClient, Request};
@@ -49,6 +52,8 @@ struct Inner {
     holder: Option<String>,
     witness_epoch: u64,
     solo: bool,
+    /// Query the witness while nothing is wanted.
+    probe: bool,
     last_error: Option<String>,
     last_denial: Option<String>,
     requests: u64,
@@ -77,6 +82,7 @@ impl Lease {
                 holder: None,
                 witness_epoch: 0,
                 solo: false,
+                probe: false,
                 last_error: None,
                 last_denial: None,
                 requests: 0,
@@ -109,6 +115,21 @@ impl Lease {
         self.inner.lock().map(|g| g.epoch > 0 && g.valid_until.is_some_and(|t| Instant::now() < t)).unwrap_or(false)
     }
 
+    /// Query the witness while nothing is wanted (see [`Lease::reachable`]).
+    pub fn probe(&self, on: bool) {
+        if let Ok(mut g) = self.inner.lock()
+            && g.probe != on
+        {
+            g.probe = on;
+            self.cv.notify_all();
+        }
+    }
+
+    /// Whether the witness answered (anything) within one TTL.
+    pub fn reachable(&self) -> bool {
+        self.inner.lock().map(|g| g.last_ok.is_some_and(|t| t.elapsed() < self.ttl)).unwrap_or(false)
+    }
+
     /// The epoch we hold (0: none).
     pub fn epoch(&self) -> u64 {
         self.inner.lock().map(|g| g.epoch).unwrap_or(0)
@@ -128,6 +149,7 @@ impl Lease {
             "holder": g.holder,
             "witness_epoch": g.witness_epoch,
             "solo": g.solo,
+            "reachable": g.last_ok.is_some_and(|t| now.duration_since(t) < self.ttl),
             "last_answer_ms_ago": g.last_ok.map(|t| now.duration_since(t).as_millis() as u64),
             "requests": g.requests,
             "failures": g.failures,
@@ -141,8 +163,8 @@ impl Lease {
         let node = shared.cfg.node.name.clone();
         let period = (self.ttl / 4).max(Duration::from_millis(5));
         loop {
-            let (want, epoch) = match self.inner.lock() {
-                Ok(g) => (g.want, g.epoch),
+            let (want, epoch, probe) = match self.inner.lock() {
+                Ok(g) => (g.want, g.epoch, g.probe),
                 Err(_) => return,
             };
             let req = match want {
@@ -157,9 +179,30 @@ impl Lease {
                 let sent = Instant::now();
                 let answer = client.request(&service, &node, req, self.ttl, period);
                 self.apply(shared, want, sent, answer);
+            } else if probe {
+                let view = client.query(&service, period);
+                self.observe(view);
             }
             let Ok(g) = self.inner.lock() else { return };
-            let _ = self.cv.wait_timeout_while(g, period, |g| g.want == want);
+            let _ = self.cv.wait_timeout_while(g, period, |g| g.want == want && g.probe == probe);
+        }
+    }
+
+    /// A probe's answer: only the view of the lease and the reachability.
+    fn observe(&self, view: Result<crate::witness::LeaseView, crate::witness::WitnessError>) {
+        let Ok(mut g) = self.inner.lock() else { return };
+        g.requests += 1;
+        match view {
+            Ok(v) => {
+                g.last_ok = Some(Instant::now());
+                g.last_error = None;
+                g.holder = v.holder;
+                g.witness_epoch = v.epoch;
+            }
+            Err(e) => {
+                g.failures += 1;
+                g.last_error = Some(e.to_string());
+            }
         }
     }
 

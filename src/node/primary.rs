@@ -12,7 +12,11 @@
 //!   it and the witness);
 //! - a node that learns it was replaced (a newer epoch on a frame or a
 //!   heartbeat, or the witness refusing a renewal) drops all output and
-//!   stops at once.
+//!   stops at once;
+//! - a primary that hears neither its witness nor its backup on the service
+//!   network, while the backup (on the replication link) says it hears the
+//!   witness, is the one cut off from clients: it hands the service over
+//!   like a planned switchover, so the backup's log is complete.
 
 use super::config::Policy;
 use super::daemon::{Node, QUEUE};
@@ -20,7 +24,7 @@ use super::lease::Want;
 use super::linkmgr;
 use super::pipe;
 use super::shared::{NodeEvent, Shared};
-use crate::link::{Fence, FenceReason, Hello, Key, Message, PeerState};
+use crate::link::{Fence, FenceReason, Hello, Key, Message, Path, PeerState, Role};
 use crate::net::commit::{Commit, CommitConfig, Mode};
 use crate::replica::engine::{Command, Commands, Options, RunEnd};
 use crate::replica::launch;
@@ -140,6 +144,10 @@ impl Node {
                 self.fence_and_die(&vip);
                 return Ok(1);
             }
+            if self.check_service_network() {
+                self.switchover(&vip)?;
+                return Ok(0);
+            }
             self.check_backup(&vip);
             if shared.link.solo.load(Ordering::Acquire) {
                 self.enforce_lease(&vip);
@@ -197,6 +205,39 @@ impl Node {
             }
             _ => self.shared.set_state("holding: backup unreachable, output held (policy prefer-consistency)"),
         }
+    }
+
+    /// With a witness: whether this primary has been cut off from the
+    /// service network (its clients) for long enough to hand over: the
+    /// witness has not answered for a lease TTL and the backup's service
+    /// heartbeats are silent, yet the backup is heard on the replication
+    /// link and says it hears the witness. It must hold for
+    /// max(3 x heartbeat timeout, lease TTL) without a break.
+    pub(super) fn check_service_network(&mut self) -> bool {
+        let Some(lease) = &self.lease else { return false };
+        let b = self.hb.last_beat();
+        let cut_off = !self.shared.link.solo.load(Ordering::Acquire)
+            && !self.want_solo
+            && !lease.reachable()
+            && self.hb.path_state(Path::Service) == Some(PeerState::Dead)
+            && self.hb.path_state(Path::Replication) == Some(PeerState::Alive)
+            && b.is_some_and(|b| b.role == Role::Backup && b.witness_ok);
+        if !cut_off {
+            self.cut_off_since = None;
+            return false;
+        }
+        let since = *self.cut_off_since.get_or_insert_with(Instant::now);
+        let cfg = &self.shared.cfg.link;
+        let hold = Duration::from_millis((3 * cfg.heartbeat_timeout_ms).max(cfg.lease_ms));
+        if since.elapsed() < hold {
+            return false;
+        }
+        self.shared.note(format!(
+            "cut off from the service network for {:?} (no answer from the witness, no backup heartbeat there; \
+             the backup hears the witness): handing the service over to the backup",
+            since.elapsed()
+        ));
+        true
     }
 
     /// With a witness: ask for the lease at a new epoch; output stays held
@@ -293,8 +334,11 @@ impl Node {
         if !self.wait_acked(Duration::from_secs(10)) {
             self.shared.note(format!("switchover: the backup did not acknowledge position {position}"));
         }
-        if let Some(l) = &self.lease {
-            // Hand the lease over: the backup's takeover waits for it.
+        if let Some(l) = &self.lease
+            && l.reachable()
+        {
+            // Hand the lease over: the backup's takeover waits for it (or
+            // for its lapse, when we cannot reach the witness).
             l.want(Want::Release);
             let until = Instant::now() + Duration::from_secs(2);
             while l.epoch() != 0 && Instant::now() < until {
