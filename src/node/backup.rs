@@ -190,7 +190,11 @@ impl Node {
                 // replication link may be cut off from its clients: find out
                 // whether we reach the witness and say so in our heartbeats
                 // (the primary then hands over; see check_service_network).
-                let probe = !st.busy() && !st.stale && self.hb.path_state(Path::Service) == Some(PeerState::Dead);
+                // A diverged backup never invites that: it would not promote.
+                let probe = !st.busy()
+                    && !st.stale
+                    && !st.diverged
+                    && self.hb.path_state(Path::Service) == Some(PeerState::Dead);
                 l.probe(probe);
                 self.hb.witness_ok.store(probe && l.reachable(), Ordering::Release);
             }
