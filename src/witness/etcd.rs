@@ -208,7 +208,7 @@ impl EtcdClient {
         // The gateway leaves out zero values: no TTL means 0 (live).
         let ttl = int(&v["TTL"]).unwrap_or(0);
         let granted = int(&v["grantedTTL"]).unwrap_or(i64::MAX);
-        Ok((ttl >= 0).then(|| Duration::from_secs((ttl + 1).min(granted).max(0) as u64)))
+        Ok((ttl >= 0).then(|| Duration::from_secs(ttl.saturating_add(1).min(granted).max(0) as u64)))
     }
 
     /// Keeps etcd lease `id` alive; its granted TTL, none if it is gone.
@@ -281,11 +281,11 @@ impl EtcdClient {
         // Whether the holder is live decides; how long only matters for a
         // denial, so ask etcd then.
         let present = keys.holder.as_ref().map(|_| Duration::from_secs(1));
-        let next = match decide(&cur, present, node, &req).map_err(|e| self.err(e))? {
+        let next = match decide(&cur, present, false, node, &req).map_err(|e| self.err(e))? {
             Verdict::Grant { next } => next,
             Verdict::Deny { .. } => {
                 let live = self.live(&keys, deadline)?;
-                let reason = match decide(&cur, live, node, &req).map_err(|e| self.err(e))? {
+                let reason = match decide(&cur, live, false, node, &req).map_err(|e| self.err(e))? {
                     Verdict::Deny { reason } => reason,
                     // The holder's etcd lease has run out, but etcd has not
                     // deleted its key yet (it checks every 500 ms).

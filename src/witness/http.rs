@@ -304,7 +304,7 @@ fn parse_response<R: BufRead>(
                 while !read_line(r, &mut budget, deadline, set)?.is_empty() {}
                 break;
             }
-            if body.len() + size > MAX_BODY {
+            if size > MAX_BODY - body.len() {
                 return Err(bad(format!("response body above {MAX_BODY} bytes")));
             }
             read_exact_by(r, size, &mut body, deadline, set)?;
@@ -423,6 +423,9 @@ mod tests {
         assert!(parse("HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n").is_err());
         assert!(parse("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n").is_err());
         assert!(parse(&format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", MAX_BODY + 1)).is_err());
+        // A chunk size near usize::MAX is refused, not added up (no overflow).
+        let huge = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\nffffffffffffffff\r\n";
+        assert!(parse(huge).unwrap_err().to_string().contains("above"));
         assert!(parse(&format!("HTTP/1.1 200 OK\r\nX: {}\r\n\r\n", "a".repeat(MAX_HEAD))).is_err());
     }
 }

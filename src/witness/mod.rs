@@ -20,8 +20,13 @@
 //! leaves.
 //!
 //! # Requests ([`Request`]) and when they are granted ([`state::decide`])
-//! - `Start`: the lease is free, expired, or already held by this node.
-//!   epoch += 1, holder = node, solo = false.
+//! - `Start`: the lease is free, or expired for at least one more TTL (even
+//!   when this node held it: a primary restarted within its old lease must
+//!   not cut off a backup that holds that history's log; etcd cannot see
+//!   how long ago a lease lapsed, so there only "expired" counts). epoch +=
+//!   1, holder = node, solo = false. A node denied a Start also waits out
+//!   the holder's lease and one TTL more before asking again
+//!   (`crate::node::lease`), so a backup's Takeover wins the lapse.
 //! - `Renew { epoch }`: holder == node and the epoch matches, even if it
 //!   expired meanwhile, as long as nobody else took it. Epoch unchanged.
 //! - `Solo { epoch }`: as Renew; then epoch += 1 and solo = true, which makes
@@ -43,8 +48,9 @@
 //! { epoch: e }` is granted again (without a new epoch) while the lease is
 //! held by the same node, solo, at `e + 1`; `Takeover { log_epoch: e }`
 //! likewise while held by the same node, not solo, at `e + 1`; `Release`
-//! while the lease is free at that epoch. `Start` simply grants a newer
-//! epoch again.
+//! while the lease is free at that epoch. A `Start` whose answer was lost
+//! is denied while its own lease lives; the node gets a newer epoch once it
+//! lapsed (a one-TTL delay, only then).
 //!
 //! # Invariants
 //! 1. At any instant at most one node holds an unexpired lease per service,

@@ -357,12 +357,15 @@ mod tests {
         let a = t.send(4, t.server.floor_ms, "c", Op::Start).unwrap();
         assert!(matches!(&a, AnswerBody::Refused { reason } if reason.contains("witness's start")), "{a:?}");
         // Each node has its own clock floor; a newer request is fine.
-        assert_eq!(t.send(5, now + 1, "a", Op::Start), Some(AnswerBody::Granted { epoch: 2, ttl_ms: 400 }));
+        assert_eq!(
+            t.send(5, now + 1, "a", Op::Renew { epoch: 1 }),
+            Some(AnswerBody::Granted { epoch: 1, ttl_ms: 400 })
+        );
         let a = t.send(6, now - 100, "b", Op::Start).unwrap();
-        assert!(matches!(&a, AnswerBody::Denied { holder: Some(h), epoch: 2, .. } if h == "a"), "{a:?}");
+        assert!(matches!(&a, AnswerBody::Denied { holder: Some(h), epoch: 1, .. } if h == "a"), "{a:?}");
         // Queries are not ordered (they change nothing).
         let q = t.send(7, now - 100, "", Op::Query).unwrap();
-        assert_eq!(q, AnswerBody::State { holder: Some("a".into()), epoch: 2, solo: false, remaining_ms: Some(400) });
+        assert_eq!(q, AnswerBody::State { holder: Some("a".into()), epoch: 1, solo: false, remaining_ms: Some(400) });
         let s = t.server.counters().snapshot();
         assert_eq!((s.accepted, s.stale, s.bad_mac, s.malformed), (4, 5, 0, 0));
         // An invalid node name is refused, not acted on.

@@ -39,9 +39,18 @@ pub enum Verdict {
     Deny { reason: String },
 }
 
-/// Whether `node`'s `req` is granted, given the current lease and how long
-/// its holder has left (`live`: none when free or expired).
-pub fn decide(cur: &Lease, live: Option<Duration>, node: &str, req: &Request) -> Result<Verdict, String> {
+/// Whether `node`'s `req` is granted, given the current lease, how long its
+/// holder has left (`live`: none when free or expired) and whether it lapsed
+/// less than one TTL ago (`lapsed_recently`: a Start waits that out so a
+/// backup of that history takes over first; etcd cannot tell and passes
+/// false).
+pub fn decide(
+    cur: &Lease,
+    live: Option<Duration>,
+    lapsed_recently: bool,
+    node: &str,
+    req: &Request,
+) -> Result<Verdict, String> {
     let mine = cur.holder.as_deref() == Some(node);
     let bump = || cur.epoch.checked_add(1).ok_or_else(|| format!("epoch {} cannot grow", cur.epoch));
     let held_by_other = || match (&cur.holder, live) {
@@ -52,13 +61,15 @@ pub fn decide(cur: &Lease, live: Option<Duration>, node: &str, req: &Request) ->
     let grant = |next: Lease| Ok(Verdict::Grant { next });
     let deny = |reason: String| Ok(Verdict::Deny { reason });
     match *req {
-        Request::Start => {
-            if cur.holder.is_none() || live.is_none() || mine {
-                grant(Lease { epoch: bump()?, holder: Some(node.into()), solo: false })
-            } else {
-                deny(held_by_other())
-            }
-        }
+        Request::Start => match (&cur.holder, live) {
+            (Some(_), Some(_)) => deny(held_by_other()),
+            (Some(h), None) if lapsed_recently => deny(format!(
+                "{h}'s lease lapsed less than a TTL ago: a new history waits one TTL more, so a backup of epoch {} \
+                 can take over first",
+                cur.epoch
+            )),
+            _ => grant(Lease { epoch: bump()?, holder: Some(node.into()), solo: false }),
+        },
         Request::Renew { epoch } | Request::Solo { epoch } | Request::Release { epoch } => {
             let solo = matches!(req, Request::Solo { .. });
             if mine && cur.epoch == epoch {
@@ -225,7 +236,10 @@ impl Store {
         check_ttl(ttl)?;
         let cur = self.services.get(service).cloned().unwrap_or_default();
         let live = self.live(service, now);
-        let verdict = decide(&cur.lease(), live, node, &req)
+        let lapsed_recently = live.is_none()
+            && cur.holder.is_some()
+            && self.expiry.get(service).is_some_and(|e| now < *e + Duration::from_millis(cur.ttl_ms));
+        let verdict = decide(&cur.lease(), live, lapsed_recently, node, &req)
             .map_err(|_| WitnessError::EpochOverflow { service: service.into() })?;
         match verdict {
             Verdict::Deny { reason } => Ok(Answer::Denied {
@@ -328,9 +342,17 @@ mod tests {
         let (_d, mut s, t) = store();
         let e1 = granted(&s.handle(t, "svc", "a", Request::Start, TTL).unwrap());
         assert_eq!(e1, 1);
-        let e2 = granted(&s.handle(t, "svc", "a", Request::Start, TTL).unwrap());
-        let e3 = granted(&s.handle(t, "svc", "a", Request::Solo { epoch: e2 }, TTL).unwrap());
-        let t2 = t + TTL + ms_(1);
+        // Not even its holder starts a new history while the lease lives (a
+        // primary restarted at once must not cut off its backup's log).
+        let d = s.handle(t + ms_(10), "svc", "a", Request::Start, TTL).unwrap();
+        assert!(denied(&d).contains("held by a"), "{d:?}");
+        // Nor right after it lapsed: a backup of epoch 1 may take over first.
+        let d = s.handle(t + TTL + ms_(1), "svc", "a", Request::Start, TTL).unwrap();
+        assert!(denied(&d).contains("lapsed less than a TTL ago"), "{d:?}");
+        let t1 = t + TTL * 2 + ms_(1);
+        let e2 = granted(&s.handle(t1, "svc", "a", Request::Start, TTL).unwrap());
+        let e3 = granted(&s.handle(t1, "svc", "a", Request::Solo { epoch: e2 }, TTL).unwrap());
+        let t2 = t1 + TTL + ms_(1);
         let e4 = granted(&s.handle(t2, "svc", "b", Request::Takeover { log_epoch: e3 }, TTL).unwrap());
         assert!(e1 < e2 && e2 < e3 && e3 < e4, "{e1} {e2} {e3} {e4}");
         assert_eq!(granted(&s.handle(t2, "svc", "b", Request::Renew { epoch: e4 }, TTL).unwrap()), e4);
@@ -448,8 +470,8 @@ mod tests {
         assert!(s.handle(t, "", "a", Request::Start, TTL).is_err());
         assert!(s.handle(t, "svc", "a", Request::Start, Duration::ZERO).is_err());
         let cur = Lease { epoch: u64::MAX, holder: None, solo: false };
-        assert!(decide(&cur, None, "a", &Request::Start).is_err());
-        assert!(decide(&cur, None, "a", &Request::Takeover { log_epoch: u64::MAX }).is_err());
+        assert!(decide(&cur, None, false, "a", &Request::Start).is_err());
+        assert!(decide(&cur, None, false, "a", &Request::Takeover { log_epoch: u64::MAX }).is_err());
         assert!(s.is_empty());
     }
 
