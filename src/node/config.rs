@@ -190,6 +190,9 @@ impl Config {
         if self.witness.is_some() && self.link.lease_ms < 4 * self.link.heartbeat_interval_ms {
             return bad("link.lease_ms", "must be at least four heartbeat intervals".into());
         }
+        if self.link.lease_ms > crate::witness::MAX_TTL.as_millis() as u64 {
+            return bad("link.lease_ms", format!("must be at most {} ms", crate::witness::MAX_TTL.as_millis()));
+        }
         if !self.link.key_file.exists() {
             return bad("link.key_file", format!("{} does not exist", self.link.key_file.display()));
         }
@@ -287,5 +290,10 @@ peer_service = "10.77.0.2:7701"
         assert_ne!(a.digest(), c.digest(), "the witness is part of what both nodes must agree on");
         let e = Config::load(&write(d.path(), &GOOD.replace("[node]", w))).unwrap_err();
         assert!(e.to_string().contains("policy: must not be set with a [witness]"), "{e}");
+        for (lease, what) in [("60", "at least four heartbeat intervals"), ("3600001", "at most 3600000 ms")] {
+            let e = Config::load(&write(d.path(), &with.replace("[link]", &format!("[link]\nlease_ms = {lease}"))))
+                .unwrap_err();
+            assert!(e.to_string().contains("link.lease_ms") && e.to_string().contains(what), "{e}");
+        }
     }
 }

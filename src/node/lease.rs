@@ -22,6 +22,11 @@
 //!   because the epoch moved past our log is [`NodeEvent::LeaseStale`];
 //! - unreachable witness: nothing is reported but the lapse (the caller asks
 //!   [`Lease::valid`]); requests never block longer than a quarter TTL;
+//! - a Start denied because someone (even this node, before a restart)
+//!   holds the lease is asked again only after that lease and one TTL more,
+//!   so the backup of that history wins its lapse with a Takeover;
+//! - a grant that moved the epoch is recorded even if the main loop wanted
+//!   something else meanwhile (a Release must name the epoch we hold);
 //! - while nothing is wanted, [`Lease::probe`] makes the thread query the
 //!   witness each quarter TTL, so [`Lease::reachable`] says whether it
 //!   answered within one TTL (a backup tells its primary so).
@@ -54,6 +59,9 @@ struct Inner {
     solo: bool,
     /// Query the witness while nothing is wanted.
     probe: bool,
+    /// A denied Start asks again only after the holder's lease and one TTL
+    /// more, so a backup's Takeover of that history wins the lapse.
+    start_after: Option<Instant>,
     last_error: Option<String>,
     last_denial: Option<String>,
     requests: u64,
@@ -83,6 +91,7 @@ impl Lease {
                 witness_epoch: 0,
                 solo: false,
                 probe: false,
+                start_after: None,
                 last_error: None,
                 last_denial: None,
                 requests: 0,
@@ -104,6 +113,7 @@ impl Lease {
             if g.want != w {
                 g.want = w;
                 g.last_denial = None;
+                g.start_after = None;
             }
             self.cv.notify_all();
         }
@@ -163,10 +173,19 @@ impl Lease {
         let node = shared.cfg.node.name.clone();
         let period = (self.ttl / 4).max(Duration::from_millis(5));
         loop {
-            let (want, epoch, probe) = match self.inner.lock() {
-                Ok(g) => (g.want, g.epoch, g.probe),
+            let (want, epoch, probe, start_after) = match self.inner.lock() {
+                Ok(g) => (g.want, g.epoch, g.probe, g.start_after),
                 Err(_) => return,
             };
+            let round = Instant::now();
+            if want == Want::Start
+                && let Some(t) = start_after
+                && round < t
+            {
+                let Ok(g) = self.inner.lock() else { return };
+                let _ = self.cv.wait_timeout_while(g, t - round, |g| g.want == want);
+                continue;
+            }
             let req = match want {
                 Want::Idle => None,
                 Want::Start => Some(Request::Start),
@@ -183,8 +202,11 @@ impl Lease {
                 let view = client.query(&service, period);
                 self.observe(view);
             }
+            // One round per period from its start: a request that timed out
+            // is retried at once, not a period later.
             let Ok(g) = self.inner.lock() else { return };
-            let _ = self.cv.wait_timeout_while(g, period, |g| g.want == want && g.probe == probe);
+            let rest = period.saturating_sub(round.elapsed());
+            let _ = self.cv.wait_timeout_while(g, rest, |g| g.want == want && g.probe == probe);
         }
     }
 
@@ -224,8 +246,16 @@ impl Lease {
         g.last_error = None;
         if g.want != want {
             // The main loop changed its mind while we asked: the next round
-            // asks for the new thing (a stale grant is harmless: it only
-            // extends what the next request settles).
+            // asks for the new thing. A grant that moved the epoch is still
+            // ours and must be known (a Release, say, names the epoch).
+            if let Answer::Granted { epoch, ttl } = answer
+                && matches!(want, Want::Start | Want::Solo | Want::Takeover { .. })
+            {
+                g.epoch = epoch;
+                g.witness_epoch = epoch;
+                g.holder = Some(shared.cfg.node.name.clone());
+                g.valid_until = Some(crate::witness::valid_until(sent, ttl.min(self.ttl)));
+            }
             return;
         }
         match answer {
@@ -282,7 +312,10 @@ impl Lease {
                         g.epoch = 0;
                         g.valid_until = None;
                     }
-                    // Start and Takeover wait for the holder's lease to lapse.
+                    Want::Start if g.holder.is_some() => {
+                        g.start_after = Some(Instant::now() + remaining + self.ttl);
+                    }
+                    // Takeover waits for the holder's lease to lapse.
                     _ => {}
                 }
             }

@@ -121,6 +121,11 @@ impl Node {
                     return Ok(1);
                 }
                 Some(NodeEvent::LeaseGranted(epoch)) if self.want_solo => self.go_alone_at(epoch, &vip),
+                Some(NodeEvent::SwitchoverRequested) if self.want_solo => {
+                    // A Solo grant in flight would make the backup's log
+                    // useless at the witness: the backup could not take over.
+                    shared.note("switchover refused: this primary is asking the witness to go on alone".into());
+                }
                 Some(NodeEvent::SwitchoverRequested) => {
                     // A planned switchover asked for by the backup.
                     self.switchover(&vip)?;

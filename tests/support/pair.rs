@@ -346,6 +346,22 @@ cpu = 0
         self.wait_state(Host::B, "replicating", Duration::from_secs(30));
     }
 
+    /// SIGKILLs the node's `ftnet up` (its replica dies with it: the tracer
+    /// kills its tracees) and starts it again at once in `role`, as a
+    /// service manager would; the host, its kernel and links stay.
+    pub fn restart(&mut self, host: Host, role: &str) {
+        let (name, slot) = match host {
+            Host::A => ("a", &mut self.a),
+            _ => ("b", &mut self.b),
+        };
+        drop(slot.take());
+        let d = self.start(host, name, role);
+        match host {
+            Host::A => self.a = Some(d),
+            _ => self.b = Some(d),
+        }
+    }
+
     pub fn daemon(&self, host: Host) -> &Daemon {
         match host {
             Host::A => self.a.as_ref().expect("a started"),
