@@ -54,6 +54,7 @@ impl Witness {
             .arg(key)
             .arg("--state")
             .arg(state)
+            .args(if state.exists() { None } else { Some("--init") })
             .env("FTNET_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -491,4 +492,32 @@ fn etcd_unreachable_times_out() {
     let e = c.request("svc", "a", Request::Start, Duration::from_millis(400), Duration::from_millis(300)).unwrap_err();
     assert!(t.elapsed() < Duration::from_secs(1));
     assert!(e.to_string().contains(&format!("127.0.0.1:{port}")), "{e}");
+}
+
+#[test]
+fn ftnet_witness_needs_init_for_a_missing_state_file_and_refuses_it_for_an_existing_one() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let (kp, _) = write_key(d.path(), "key", 7);
+    let state = d.path().join("state");
+    let run = |init: bool| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_ftnet"));
+        c.args(["witness", "--listen", "127.0.0.1:0", "--key"]).arg(&kp).arg("--state").arg(&state);
+        if init {
+            c.arg("--init");
+        }
+        c.stdin(Stdio::null()).output().expect("run ftnet witness")
+    };
+    let o = run(false);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains(&format!("{} does not exist: start a new witness with --init", state.display())), "{err}");
+    assert!(!state.exists(), "nothing was created");
+    // A new witness writes its (empty) state at once; a restart reads it.
+    let w = Witness::start("127.0.0.1:0", &kp, &state, &d.path().join("w.log"));
+    assert!(state.exists());
+    drop(w);
+    let o = run(true);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("already exists: --init only creates a new witness's state"), "{err}");
 }

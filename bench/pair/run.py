@@ -207,7 +207,7 @@ def start_bare(t, server):
 def start_witness(t, guard):
     """`ftnet witness` or a one-member etcd on host w; waits until it answers."""
     if guard == "witness":
-        t.bg("w", [FTNET, "witness", "--listen", f"{WITNESS}:7800", "--key", f"{t.work}/key", "--state", f"{t.work}/{t.name}.witness"], f"{t.work}/witness.log")
+        t.bg("w", [FTNET, "witness", "--init", "--listen", f"{WITNESS}:7800", "--key", f"{t.work}/key", "--state", f"{t.work}/{t.name}.witness"], f"{t.work}/witness.log")
         time.sleep(0.2)
     elif guard == "etcd":
         d = f"{t.work}/{t.name}.etcd"

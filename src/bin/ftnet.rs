@@ -125,6 +125,11 @@ enum Cmd {
         /// The state file.
         #[arg(long, value_name = "FILE")]
         state: PathBuf,
+        /// Start a new witness: FILE must not exist yet (it is written at the
+        /// first grant). Without it a missing FILE is an error, so a witness
+        /// pointed at a wrong path never restarts the epochs at 1.
+        #[arg(long)]
+        init: bool,
     },
     /// Print a log's header and events, one per line (for debugging; the
     /// output contains the recorded input bytes, which are secrets).
@@ -219,7 +224,7 @@ fn main() {
                 1
             }
         },
-        Cmd::Witness { listen, key, state } => match ftnet::witness::server::run(listen, &key, &state) {
+        Cmd::Witness { listen, key, state, init } => match ftnet::witness::server::run(listen, &key, &state, init) {
             Ok(()) => 0,
             Err(e) => {
                 eprintln!("ftnet: {e}");

@@ -165,7 +165,7 @@ mod tests {
 
     fn run(key: &Key) -> Running {
         let dir = tempfile::tempdir().unwrap();
-        let mut server = Server::bind("127.0.0.1:0".parse().unwrap(), key, &dir.path().join("state")).unwrap();
+        let mut server = Server::bind("127.0.0.1:0".parse().unwrap(), key, &dir.path().join("state"), true).unwrap();
         let (addr, counters) = (server.local_addr(), server.counters());
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();

@@ -244,6 +244,12 @@ pub enum WitnessError {
         "witness state file {path}: {what} (refusing to start: an epoch must never be reused; restore the file or move it away only if no node holds a lease)"
     )]
     StateCorrupt { path: String, what: String },
+    #[error(
+        "witness state file {path} does not exist: start a new witness with --init (never one that has served: its epochs would start again at 1)"
+    )]
+    StateMissing { path: String },
+    #[error("witness state file {path} already exists: --init only creates a new witness's state")]
+    StateExists { path: String },
     #[error("witness: epoch overflow on service {service}")]
     EpochOverflow { service: String },
     #[error("witness key: {0}")]

@@ -113,9 +113,10 @@ pub struct Server {
 }
 
 impl Server {
-    /// Loads the state file and binds `listen`.
-    pub fn bind(listen: SocketAddr, key: &Key, state: &Path) -> Result<Server, WitnessError> {
-        let store = Store::open(state, Instant::now())?;
+    /// Loads the state file (`init`: a new witness, no file yet) and binds
+    /// `listen`.
+    pub fn bind(listen: SocketAddr, key: &Key, state: &Path, init: bool) -> Result<Server, WitnessError> {
+        let store = Store::open(state, Instant::now(), init)?;
         let addr = listen.to_string();
         let sock =
             UdpSocket::bind(listen).map_err(|source| WitnessError::Io { addr: addr.clone(), op: "bind", source })?;
@@ -292,9 +293,9 @@ impl Server {
 }
 
 /// `ftnet witness`: loads the key and the state, binds, and serves forever.
-pub fn run(listen: SocketAddr, key_file: &Path, state: &Path) -> Result<(), WitnessError> {
+pub fn run(listen: SocketAddr, key_file: &Path, state: &Path, init: bool) -> Result<(), WitnessError> {
     let key = Key::from_file(key_file).map_err(|e| WitnessError::Key(e.to_string()))?;
-    let mut server = Server::bind(listen, &key, state)?;
+    let mut server = Server::bind(listen, &key, state, init)?;
     info!(
         "ftnet witness: listening on {}, state {} ({} services)",
         server.local_addr(),
@@ -322,7 +323,7 @@ mod tests {
     fn setup() -> T {
         let dir = tempfile::tempdir().unwrap();
         let key = Key::from_bytes(&[1; 32]).unwrap();
-        let server = Server::bind("127.0.0.1:0".parse().unwrap(), &key, &dir.path().join("state")).unwrap();
+        let server = Server::bind("127.0.0.1:0".parse().unwrap(), &key, &dir.path().join("state"), true).unwrap();
         let ms = server.floor_ms + 1000;
         T { _dir: dir, server, keys: keys(1), from: "127.0.0.1:9".parse().unwrap(), t: Instant::now(), ms }
     }

@@ -11,9 +11,10 @@
 //!   rename, fsync of the directory) *before* it changes its memory or
 //!   returns the answer; if writing fails, nothing changed;
 //! - [`Store::open`] either reads back exactly what was written (a blake3
-//!   checksum covers the content) or fails naming the file; only a missing
-//!   file starts empty. Every holder read back holds for its full TTL from
-//!   the load.
+//!   checksum covers the content) or fails naming the file; only `init`
+//!   starts empty, and only where no file exists (a witness pointed at a
+//!   wrong path must not restart every epoch at 1). Every holder read back
+//!   holds for its full TTL from the load.
 
 use super::{Answer, LeaseView, Request, WitnessError, check_name, check_ttl, ms};
 use serde::{Deserialize, Serialize};
@@ -163,13 +164,20 @@ pub struct Store {
 }
 
 impl Store {
-    /// Loads `path` (or starts empty if it does not exist); every holder
-    /// read back holds until `now` + its TTL.
-    pub fn open(path: &Path, now: Instant) -> Result<Store, WitnessError> {
+    /// Loads `path`; with `init`, creates it empty where no file exists yet.
+    /// Every holder read back holds until `now` + its TTL.
+    pub fn open(path: &Path, now: Instant, init: bool) -> Result<Store, WitnessError> {
         let name = path.display().to_string();
         let corrupt = |what: String| WitnessError::StateCorrupt { path: name.clone(), what };
         let services = match std::fs::read(path) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && init => {
+                write_atomic(path, &BTreeMap::new())?;
+                BTreeMap::new()
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(WitnessError::StateMissing { path: name });
+            }
+            Ok(_) if init => return Err(WitnessError::StateExists { path: name }),
             Err(source) => return Err(WitnessError::StateIo { path: name, source }),
             Ok(bytes) => {
                 let f: File = serde_json::from_slice(&bytes).map_err(|e| corrupt(format!("not a state file: {e}")))?;
@@ -333,7 +341,7 @@ mod tests {
     fn store() -> (tempfile::TempDir, Store, Instant) {
         let d = tempfile::tempdir().unwrap();
         let t = Instant::now();
-        let s = Store::open(&d.path().join("state.json"), t).unwrap();
+        let s = Store::open(&d.path().join("state.json"), t, true).unwrap();
         (d, s, t)
     }
 
@@ -485,7 +493,7 @@ mod tests {
         let path = d.path().join("state.json");
         // The witness restarts long after the lease expired: it holds anyway.
         let t2 = t + Duration::from_secs(60);
-        let mut s2 = Store::open(&path, t2).unwrap();
+        let mut s2 = Store::open(&path, t2, false).unwrap();
         assert_eq!(s2.len(), 2);
         assert_eq!(
             s2.query("svc", t2),
@@ -496,7 +504,7 @@ mod tests {
         assert!(denied(&a).contains("held by a for 1 ms more"), "{a:?}");
         assert_eq!(granted(&s2.handle(t2 + TTL, "svc", "b", Request::Takeover { log_epoch: e }, TTL).unwrap()), e + 1);
         // The epoch never goes back: a third load sees the takeover.
-        let s3 = Store::open(&path, t2).unwrap();
+        let s3 = Store::open(&path, t2, false).unwrap();
         assert_eq!(s3.query("svc", t2).epoch, e + 1);
         assert_eq!(s3.query("svc", t2).holder.as_deref(), Some("b"));
         // A renew does not rewrite the file (same ttl), a ttl change does.
@@ -504,7 +512,7 @@ mod tests {
         granted(&s2.handle(t2 + TTL, "svc", "b", Request::Renew { epoch: e + 1 }, TTL).unwrap());
         assert_eq!(std::fs::read(&path).unwrap(), before);
         granted(&s2.handle(t2 + TTL, "svc", "b", Request::Renew { epoch: e + 1 }, TTL * 2).unwrap());
-        let s4 = Store::open(&path, t2).unwrap();
+        let s4 = Store::open(&path, t2, false).unwrap();
         assert_eq!(s4.query("svc", t2).remaining, Some(TTL * 2));
     }
 
@@ -526,16 +534,33 @@ mod tests {
         for (i, bad) in cases.iter().enumerate() {
             assert_ne!(*bad, good, "case {i} must change the file");
             std::fs::write(&path, bad).unwrap();
-            let e = Store::open(&path, t).unwrap_err().to_string();
+            let e = Store::open(&path, t, false).unwrap_err().to_string();
             assert!(e.contains(&name) && e.contains("never be reused"), "case {i}: {e}");
         }
         // A directory where the file should be is an I/O error naming it.
-        let e = Store::open(d.path(), t).unwrap_err().to_string();
+        let e = Store::open(d.path(), t, false).unwrap_err().to_string();
         assert!(e.contains(&d.path().display().to_string()), "{e}");
-        // Writing fails cleanly too: nothing changes in memory.
-        let mut s = Store::open(&d.path().join("no/such/dir/state.json"), t).unwrap();
-        let e = s.handle(t, "svc", "a", Request::Start, TTL).unwrap_err().to_string();
+        // No file is an error unless a new witness is asked for, and a new
+        // witness never overwrites an old one's state.
+        let missing = d.path().join("missing.json");
+        let e = Store::open(&missing, t, false).unwrap_err().to_string();
+        assert!(e.contains("missing.json does not exist: start a new witness with --init"), "{e}");
+        std::fs::write(&path, &good).unwrap();
+        let e = Store::open(&path, t, true).unwrap_err().to_string();
+        assert!(e.contains("already exists"), "{e}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), good);
+        // A new witness's file is written at once (a restart finds it).
+        let e = Store::open(&d.path().join("no/such/dir/state.json"), t, true).unwrap_err().to_string();
         assert!(e.contains("no/such/dir/state.json"), "{e}");
+        let fresh = d.path().join("fresh.json");
+        Store::open(&fresh, t, true).unwrap();
+        assert!(Store::open(&fresh, t, false).unwrap().is_empty());
+        // Writing fails cleanly too: nothing changes in memory.
+        let mut s = Store::open(&fresh, t, false).unwrap();
+        std::fs::remove_file(&fresh).unwrap();
+        std::fs::create_dir(&fresh).unwrap();
+        let e = s.handle(t, "svc", "a", Request::Start, TTL).unwrap_err().to_string();
+        assert!(e.contains("fresh.json"), "{e}");
         assert_eq!(s.query("svc", t).epoch, 0);
     }
 }

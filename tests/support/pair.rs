@@ -236,7 +236,8 @@ cpu = 0
     /// answers.
     pub fn start_witness(&mut self) {
         let d = self.dir.path().to_path_buf();
-        let argv: Vec<String> = match self.guard {
+        let state = d.join("witness.state");
+        let mut argv: Vec<String> = match self.guard {
             Guard::Policy(_) => return,
             Guard::Witness => vec![
                 ftnet().into(),
@@ -246,7 +247,7 @@ cpu = 0
                 "--key".into(),
                 d.join("key").display().to_string(),
                 "--state".into(),
-                d.join("witness.state").display().to_string(),
+                state.display().to_string(),
             ],
             Guard::Etcd => vec![
                 "etcd".into(),
@@ -271,6 +272,10 @@ cpu = 0
                 "100".into(),
             ],
         };
+        if self.guard == Guard::Witness && !state.exists() {
+            // A new witness; a restart reads back its state.
+            argv.push("--init".into());
+        }
         let log = std::fs::OpenOptions::new().create(true).append(true).open(d.join("witness.log")).expect("log");
         let args: Vec<&str> = argv.iter().map(|s| s.as_str()).collect();
         let mut c = self.topo.cmd(Host::W, &args);
