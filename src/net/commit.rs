@@ -14,7 +14,9 @@
 //! Invariants:
 //! - a held segment is released only when `acked() >= its position` (mode
 //!   [`Mode::Commit`]), all at once when the node may go on alone
-//!   ([`Mode::Solo`]), and never when fenced ([`Mode::Fenced`]: dropped);
+//!   ([`Mode::Solo`]; with a witness only before the lease's deadline,
+//!   checked per packet on CLOCK_BOOTTIME, else dropped), and never when
+//!   fenced ([`Mode::Fenced`]: dropped);
 //! - held segments are released in the order they were queued;
 //! - no `--queue-bypass`: if this process dies, the VIP's packets are
 //!   dropped by the kernel, so a dead primary's kernel never speaks for its
@@ -101,6 +103,9 @@ pub struct CommitConfig {
 struct Hold {
     counters: Arc<CommitCounters>,
     mode: Arc<AtomicU8>,
+    /// Solo output flows only before this CLOCK_BOOTTIME ns (a witness's
+    /// lease; 0: the lease is not held); `None`: no witness, no limit.
+    solo_until: Option<Arc<AtomicU64>>,
     forward: Box<dyn Forward>,
     /// Held outbound packets: (packet id, stream position, queued at ns).
     held: VecDeque<(u32, u64, u64)>,
@@ -114,6 +119,17 @@ fn mode_of(v: u8) -> Mode {
         0 => Mode::Commit,
         1 => Mode::Solo,
         _ => Mode::Fenced,
+    }
+}
+
+impl Hold {
+    /// Alone, output flows only while the lease is held, checked here for
+    /// every packet so a late main loop cannot let anything out after it.
+    fn solo_open(&self) -> bool {
+        self.solo_until.as_ref().is_none_or(|u| {
+            let until = u.load(Ordering::Acquire);
+            until != 0 && (sfd::clock_ns(libc::CLOCK_BOOTTIME).max(0) as u64) < until
+        })
     }
 }
 
@@ -135,7 +151,11 @@ impl Handler for Hold {
                 c.dropped.fetch_add(1, Ordering::Relaxed);
                 return Disposition::Drop;
             }
-            Mode::Solo => return Disposition::Accept,
+            Mode::Solo if self.solo_open() => return Disposition::Accept,
+            Mode::Solo => {
+                c.dropped.fetch_add(1, Ordering::Relaxed);
+                return Disposition::Drop;
+            }
             Mode::Commit => {}
         }
         if !p.is_whole() {
@@ -171,10 +191,12 @@ impl Handler for Hold {
         let acked = self.forward.acked();
         let now = sfd::clock_ns(libc::CLOCK_MONOTONIC).max(0) as u64;
         let c = Arc::clone(&self.counters);
+        let solo_open = mode == Mode::Solo && self.solo_open();
         while let Some(&(id, pos, at)) = self.held.front() {
             let verdict = match mode {
                 Mode::Fenced => Verdict::Drop,
-                Mode::Solo => Verdict::Accept,
+                Mode::Solo if solo_open => Verdict::Accept,
+                Mode::Solo => Verdict::Drop,
                 Mode::Commit if pos <= acked => Verdict::Accept,
                 Mode::Commit => break,
             };
@@ -215,7 +237,14 @@ pub struct Commit {
 
 impl Commit {
     /// Binds the queue, starts its thread, then installs the rules.
-    pub fn start(cfg: CommitConfig, forward: Box<dyn Forward>, mode: Mode) -> Result<Commit, CaptureError> {
+    /// `solo_until`: with a witness, the lease's deadline
+    /// ([`crate::node`]'s `Lease::deadline`), which limits [`Mode::Solo`].
+    pub fn start(
+        cfg: CommitConfig,
+        forward: Box<dyn Forward>,
+        mode: Mode,
+        solo_until: Option<Arc<AtomicU64>>,
+    ) -> Result<Commit, CaptureError> {
         let mut queue = Queue::open(&QueueConfig::new(cfg.queue)).map_err(CaptureError::from)?;
         let wake = Arc::new(sfd::eventfd().map_err(|e| CaptureError::Thread {
             what: "output-commit wake-up (eventfd)",
@@ -227,6 +256,7 @@ impl Commit {
         let mut handler = Hold {
             counters: counters.clone(),
             mode: modev.clone(),
+            solo_until,
             forward,
             held: VecDeque::new(),
             seq: 0,
@@ -328,5 +358,88 @@ impl Commit {
 impl Drop for Commit {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::nfqueue::{HOOK_LOCAL_OUT, PacketMsg};
+
+    struct NoBackup;
+    impl Forward for NoBackup {
+        fn forward(&mut self, _: Vec<u8>) -> u64 {
+            1
+        }
+        fn flush(&mut self) {}
+        fn acked(&self) -> u64 {
+            0
+        }
+    }
+
+    fn hold(mode: Mode, solo_until: Option<Arc<AtomicU64>>) -> Hold {
+        Hold {
+            counters: Arc::new(CommitCounters::default()),
+            mode: Arc::new(AtomicU8::new(mode as u8)),
+            solo_until,
+            forward: Box::new(NoBackup),
+            held: VecDeque::new(),
+            seq: 0,
+            unflushed: false,
+        }
+    }
+
+    fn out(id: u32, payload: &[u8]) -> PacketMsg<'_> {
+        PacketMsg {
+            queue: 0,
+            id,
+            hook: HOOK_LOCAL_OUT,
+            hw_protocol: 0x0800,
+            payload,
+            cap_len: None,
+            skb_info: 0,
+            indev: None,
+            outdev: None,
+        }
+    }
+
+    fn boot_ns() -> u64 {
+        sfd::clock_ns(libc::CLOCK_BOOTTIME) as u64
+    }
+
+    #[test]
+    fn alone_output_flows_only_before_the_lease_deadline() {
+        let pkt = [0x45u8; 40];
+        // Without a witness, alone means alone.
+        assert_eq!(hold(Mode::Solo, None).packet(&out(1, &pkt), 0), Disposition::Accept);
+        let until = Arc::new(AtomicU64::new(boot_ns() + 10_000_000_000));
+        let mut h = hold(Mode::Solo, Some(until.clone()));
+        assert_eq!(h.packet(&out(2, &pkt), 0), Disposition::Accept, "the lease is held");
+        until.store(boot_ns() - 1, Ordering::Release);
+        assert_eq!(h.packet(&out(3, &pkt), 0), Disposition::Drop, "the lease lapsed");
+        until.store(0, Ordering::Release);
+        assert_eq!(h.packet(&out(4, &pkt), 0), Disposition::Drop, "the lease was lost");
+        assert_eq!(h.counters.dropped.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn held_output_is_dropped_when_going_alone_after_the_lease_lapsed() {
+        let pkt = [0x45u8; 40];
+        let until = Arc::new(AtomicU64::new(0));
+        let mut h = hold(Mode::Commit, Some(until.clone()));
+        let mut v = VerdictQueue::new(0, VerdictMode::Batch);
+        for id in [7, 8] {
+            assert_eq!(h.packet(&out(id, &pkt), 0), Disposition::Hold);
+            v.push(id, None);
+        }
+        // Not acknowledged: still held.
+        h.batch_end(&mut v);
+        assert_eq!(v.held(), 2);
+        // Alone without a live lease: dropped, never released.
+        h.mode.store(Mode::Solo as u8, Ordering::Release);
+        h.batch_end(&mut v);
+        assert_eq!(v.held(), 0);
+        let c = &h.counters;
+        assert_eq!((c.released.load(Ordering::Relaxed), c.dropped.load(Ordering::Relaxed)), (0, 2));
     }
 }

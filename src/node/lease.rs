@@ -13,9 +13,11 @@
 //!
 //! Invariants:
 //! - the lease counts as held only until `sent + ttl - margin` of the
-//!   request that was granted, on our own monotonic clock
-//!   ([`crate::witness::valid_until`]), so our view lapses before the
-//!   witness's;
+//!   request that was granted ([`crate::witness::valid_until`]), so our view
+//!   lapses before the witness's. The deadline is kept on CLOCK_BOOTTIME
+//!   (which counts a suspended machine's sleep) in an atomic that output
+//!   commit also reads for every packet it lets out alone
+//!   ([`Lease::deadline`]), so a stalled main loop cannot extend it;
 //! - a grant is reported once ([`NodeEvent::LeaseGranted`]); a renewal the
 //!   witness refuses (someone else holds it, or the epoch moved) is reported
 //!   as [`NodeEvent::LeaseLost`] and renewing stops; a takeover refused
@@ -33,6 +35,7 @@
 
 use super::shared::{NodeEvent, Shared};
 use crate::witness::{Answer, LeaseClient, Request};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -52,7 +55,6 @@ struct Inner {
     want: Want,
     /// The epoch we hold (0: none).
     epoch: u64,
-    valid_until: Option<Instant>,
     /// The last answer's view of the lease.
     holder: Option<String>,
     witness_epoch: u64,
@@ -72,6 +74,8 @@ struct Inner {
 /// The lease and its thread (see the module docs).
 pub struct Lease {
     inner: Mutex<Inner>,
+    /// CLOCK_BOOTTIME ns until which we hold the lease (0: not held).
+    until: Arc<AtomicU64>,
     cv: Condvar,
     ttl: Duration,
     witness: String,
@@ -83,10 +87,10 @@ impl Lease {
     pub fn spawn(shared: Arc<Shared>, client: Box<dyn LeaseClient>, witness: String) -> std::io::Result<Arc<Lease>> {
         let ttl = Duration::from_millis(shared.cfg.link.lease_ms);
         let lease = Arc::new(Lease {
+            until: Arc::new(AtomicU64::new(0)),
             inner: Mutex::new(Inner {
                 want: Want::Idle,
                 epoch: 0,
-                valid_until: None,
                 holder: None,
                 witness_epoch: 0,
                 solo: false,
@@ -122,7 +126,19 @@ impl Lease {
     /// Whether we hold the lease right now (by our own, earlier-lapsing
     /// clock).
     pub fn valid(&self) -> bool {
-        self.inner.lock().map(|g| g.epoch > 0 && g.valid_until.is_some_and(|t| Instant::now() < t)).unwrap_or(false)
+        let until = self.until.load(Ordering::Acquire);
+        until != 0 && boot_ns() < until && self.epoch() > 0
+    }
+
+    /// The CLOCK_BOOTTIME deadline (ns) of the lease we hold, 0 when none:
+    /// for output commit's per-packet check.
+    pub fn deadline(&self) -> Arc<AtomicU64> {
+        self.until.clone()
+    }
+
+    fn set_until(&self, sent_boot: u64, sent: Instant, ttl: Duration) {
+        let left = crate::witness::valid_until(sent, ttl).saturating_duration_since(sent);
+        self.until.store(sent_boot + left.as_nanos() as u64, Ordering::Release);
     }
 
     /// Query the witness while nothing is wanted (see [`Lease::reachable`]).
@@ -149,13 +165,14 @@ impl Lease {
     pub fn status(&self) -> serde_json::Value {
         let Ok(g) = self.inner.lock() else { return serde_json::Value::Null };
         let now = Instant::now();
+        let (until, now_boot) = (self.until.load(Ordering::Acquire), boot_ns());
         serde_json::json!({
             "witness": self.witness,
             "ttl_ms": self.ttl.as_millis() as u64,
             "wanted": format!("{:?}", g.want),
-            "held": g.epoch > 0 && g.valid_until.is_some_and(|t| now < t),
+            "held": g.epoch > 0 && until != 0 && now_boot < until,
             "epoch": g.epoch,
-            "valid_for_ms": g.valid_until.map(|t| t.saturating_duration_since(now).as_millis() as u64),
+            "valid_for_ms": (until != 0).then(|| until.saturating_sub(now_boot) / 1_000_000),
             "holder": g.holder,
             "witness_epoch": g.witness_epoch,
             "solo": g.solo,
@@ -195,9 +212,9 @@ impl Lease {
                 Want::Release => Some(Request::Release { epoch }),
             };
             if let Some(req) = req {
-                let sent = Instant::now();
+                let (sent_boot, sent) = (boot_ns(), Instant::now());
                 let answer = client.request(&service, &node, req, self.ttl, period);
-                self.apply(shared, want, sent, answer);
+                self.apply(shared, want, (sent_boot, sent), answer);
             } else if probe {
                 let view = client.query(&service, period);
                 self.observe(view);
@@ -228,7 +245,13 @@ impl Lease {
         }
     }
 
-    fn apply(&self, shared: &Shared, want: Want, sent: Instant, answer: Result<Answer, crate::witness::WitnessError>) {
+    fn apply(
+        &self,
+        shared: &Shared,
+        want: Want,
+        (sent_boot, sent): (u64, Instant),
+        answer: Result<Answer, crate::witness::WitnessError>,
+    ) {
         let Ok(mut g) = self.inner.lock() else { return };
         g.requests += 1;
         let answer = match answer {
@@ -254,7 +277,7 @@ impl Lease {
                 g.epoch = epoch;
                 g.witness_epoch = epoch;
                 g.holder = Some(shared.cfg.node.name.clone());
-                g.valid_until = Some(crate::witness::valid_until(sent, ttl.min(self.ttl)));
+                self.set_until(sent_boot, sent, ttl.min(self.ttl));
             }
             return;
         }
@@ -264,12 +287,12 @@ impl Lease {
                 g.epoch = epoch;
                 g.witness_epoch = epoch;
                 g.holder = Some(shared.cfg.node.name.clone());
-                g.valid_until = Some(crate::witness::valid_until(sent, ttl.min(self.ttl)));
+                self.set_until(sent_boot, sent, ttl.min(self.ttl));
                 g.last_denial = None;
                 match want {
                     Want::Release => {
                         g.epoch = 0;
-                        g.valid_until = None;
+                        self.until.store(0, Ordering::Release);
                         g.holder = None;
                         g.want = Want::Idle;
                     }
@@ -298,7 +321,7 @@ impl Lease {
                     Want::Hold | Want::Solo => {
                         g.want = Want::Idle;
                         g.epoch = 0;
-                        g.valid_until = None;
+                        self.until.store(0, Ordering::Release);
                         drop(g);
                         shared.event(NodeEvent::LeaseLost(text));
                     }
@@ -310,7 +333,7 @@ impl Lease {
                     Want::Release => {
                         g.want = Want::Idle;
                         g.epoch = 0;
-                        g.valid_until = None;
+                        self.until.store(0, Ordering::Release);
                     }
                     Want::Start if g.holder.is_some() => {
                         g.start_after = Some(Instant::now() + remaining + self.ttl);
@@ -333,4 +356,9 @@ pub fn describe(w: &crate::witness::WitnessConfig) -> String {
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// CLOCK_BOOTTIME in ns: runs on while the machine is suspended.
+fn boot_ns() -> u64 {
+    crate::sys::fd::clock_ns(libc::CLOCK_BOOTTIME).max(0) as u64
 }

@@ -84,6 +84,7 @@ impl Node {
             },
             Box::new(pipe::LinkForward { shared: shared.clone() }),
             Mode::Commit,
+            self.lease.as_ref().map(|l| l.deadline()),
         )?;
         if let Ok(mut w) = shared.link.commit_wake.lock() {
             *w = Some(commit.waker());
