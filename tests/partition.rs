@@ -308,7 +308,14 @@ fn etcd_killing_the_primary_fails_over_with_the_lease() {
 #[test]
 fn killing_the_backup_the_primary_takes_the_lease_and_goes_on_alone() {
     let mut p = Pair::guarded("wd", Server::Redis, Guard::Witness, 0, None);
+    // A fence left on a by an earlier run (a node that lost its lease) must
+    // not silence this one.
+    let fence = "add table ip ftnet_fence
+add chain ip ftnet_fence output { type filter hook output priority -10; policy accept; }
+add rule ip ftnet_fence output ip saddr 10.77.0.100 meta l4proto tcp drop";
+    p.topo.run(Host::A, &["nft", fence]);
     p.up();
+    assert!(!p.topo.stdout(Host::A, &["nft", "list", "tables"]).contains("ftnet_fence"), "the old fence was lifted");
     let (i, out) = start_counter(&mut p, 8);
     std::thread::sleep(Duration::from_secs(2));
     p.topo.kill(Host::B);

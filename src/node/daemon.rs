@@ -101,6 +101,11 @@ pub fn up(config_path: &Path, role: Role) -> anyhow::Result<i32> {
     let signals = sfd::signalfd_for(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP])?;
     let cfg = Config::load(config_path)?;
     let key = Key::from_file(&cfg.link.key_file)?;
+    // A fence left by an earlier run of this node guarded that run's
+    // sockets, which died with it: this run starts unfenced.
+    if let Err(e) = crate::net::vip::fence_remove() {
+        tracing::warn!("removing an earlier run's fence ({}): {e}", crate::net::vip::FENCE_TABLE);
+    }
     let program = Program::with_clean_env(&cfg.service.command, &cfg.service.env, &cfg.service.cwd)?;
     let (header, _) = launch::header_for(&program, &[])?;
     let hello = Hello::new(role, &cfg.node.name, 0, cfg.digest(), identity(&header));
