@@ -44,21 +44,11 @@ pub fn epoll_wait(ep: BorrowedFd, out: &mut [libc::epoll_event], timeout_ms: i32
 
 /// Blocks `signals` in the calling thread and returns a signalfd for them.
 pub fn signalfd_for(signals: &[i32]) -> Result<OwnedFd> {
-    // SAFETY: `set` is initialised by sigemptyset before use; all pointers are
-    // to locals that outlive the calls.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for &s in signals {
-            libc::sigaddset(&mut set, s);
-        }
-        let r = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        if r != 0 {
-            return Err(SysError::new("pthread_sigmask", "SIG_BLOCK", Errno(r)));
-        }
-        let fd = libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK);
-        check(fd as _, "signalfd", format!("{signals:?}")).map(owned)
-    }
+    block_signals(signals)?;
+    let set = sigset(signals);
+    // SAFETY: `set` is an initialised signal set that outlives the call.
+    let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) };
+    check(fd as _, "signalfd", format!("{signals:?}")).map(owned)
 }
 
 /// Reads one pending `signalfd_siginfo`; `None` when none is pending.
@@ -378,19 +368,26 @@ pub fn poll_in(fds: &[BorrowedFd], timeout_ms: i32) -> Vec<bool> {
     p.iter().map(|x| x.revents != 0).collect()
 }
 
-/// Blocks `signals` in the calling thread (and the threads it starts later).
-pub fn block_signals(signals: &[i32]) -> Result<()> {
-    // SAFETY: `set` is initialised by sigemptyset before use.
+/// The signal set holding `signals`.
+fn sigset(signals: &[i32]) -> libc::sigset_t {
+    // SAFETY: sigemptyset initialises the zeroed set before sigaddset uses it.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         for &s in signals {
             libc::sigaddset(&mut set, s);
         }
-        let r = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        if r != 0 {
-            return Err(SysError::new("pthread_sigmask", "SIG_BLOCK", Errno(r)));
-        }
+        set
+    }
+}
+
+/// Blocks `signals` in the calling thread (and the threads it starts later).
+pub fn block_signals(signals: &[i32]) -> Result<()> {
+    let set = sigset(signals);
+    // SAFETY: `set` is an initialised signal set that outlives the call.
+    let r = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if r != 0 {
+        return Err(SysError::new("pthread_sigmask", "SIG_BLOCK", Errno(r)));
     }
     Ok(())
 }
