@@ -273,15 +273,13 @@ fn ftnet_witness_refuses_a_replayed_request() {
     assert!(w.log().contains("a replay?"), "{}", w.log());
 }
 
-#[test]
-fn ftnet_witness_round_trip_time() {
-    let d = tempfile::tempdir().expect("tempdir");
-    let (kp, key) = write_key(d.path(), "key", 7);
-    let w = Witness::start("127.0.0.1:0", &kp, &d.path().join("state"), &d.path().join("w.log"));
-    let mut a = w.client(&key);
+/// `renews` renewals of one lease (their times, sorted) and the mean time of
+/// `starts` Starts, each moving an epoch on disk: one per fresh service,
+/// since a live lease is never restarted, not even by its holder.
+fn round_trips(a: &mut dyn LeaseClient, renews: usize, starts: u32) -> (Vec<Duration>, Duration) {
     let ttl = Duration::from_millis(400);
     let e = epoch(&a.request("svc", "a", Request::Start, ttl, WAIT).expect("start"));
-    let mut times: Vec<Duration> = (0..300)
+    let mut times: Vec<Duration> = (0..renews)
         .map(|_| {
             let t = Instant::now();
             assert_eq!(epoch(&a.request("svc", "a", Request::Renew { epoch: e }, ttl, WAIT).expect("renew")), e);
@@ -290,12 +288,18 @@ fn ftnet_witness_round_trip_time() {
         .collect();
     times.sort();
     let t = Instant::now();
-    // A Start moves the epoch (on disk); one per fresh service, since a
-    // live lease is never restarted, not even by its holder.
-    for i in 0..20 {
+    for i in 0..starts {
         epoch(&a.request(&format!("s{i}"), "a", Request::Start, ttl, WAIT).expect("start"));
     }
-    let start = t.elapsed() / 20;
+    (times, t.elapsed() / starts)
+}
+
+#[test]
+fn ftnet_witness_round_trip_time() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let (kp, key) = write_key(d.path(), "key", 7);
+    let w = Witness::start("127.0.0.1:0", &kp, &d.path().join("state"), &d.path().join("w.log"));
+    let (times, start) = round_trips(w.client(&key).as_mut(), 300, 20);
     eprintln!(
         "ftnet witness on loopback: renew p50 {:?} p99 {:?} max {:?}; start (with fsync) mean {start:?}",
         times[150], times[297], times[299]
@@ -464,22 +468,8 @@ fn etcd_solo_then_takeover_denied() {
 #[test]
 fn etcd_round_trip_time() {
     let etcd = Etcd::start(100);
-    let mut a = etcd.client();
-    let ttl = Duration::from_millis(400);
-    let e = epoch(&a.request("svc", "a", Request::Start, ttl, WAIT).expect("start"));
-    let mut times: Vec<Duration> = (0..100)
-        .map(|_| {
-            let t = Instant::now();
-            assert_eq!(epoch(&a.request("svc", "a", Request::Renew { epoch: e }, ttl, WAIT).expect("renew")), e);
-            t.elapsed()
-        })
-        .collect();
-    times.sort();
-    let t = Instant::now();
-    for i in 0..10 {
-        epoch(&a.request(&format!("s{i}"), "a", Request::Start, ttl, WAIT).expect("start"));
-    }
-    eprintln!("etcd on loopback: renew p50 {:?} p99 {:?}; start mean {:?}", times[50], times[98], t.elapsed() / 10);
+    let (times, start) = round_trips(etcd.client().as_mut(), 100, 10);
+    eprintln!("etcd on loopback: renew p50 {:?} p99 {:?}; start mean {start:?}", times[50], times[98]);
     assert!(times[50] < Duration::from_millis(200), "{:?}", times[50]);
 }
 
