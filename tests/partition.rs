@@ -326,6 +326,65 @@ add rule ip ftnet_fence output ip saddr 10.77.0.100 meta l4proto tcp drop";
     eprintln!("the client's stall when the backup died: {} ms", v["max_wait_ms"]);
 }
 
+/// One byte every 20 ms on one connection to redis for 3 s (no newline, so
+/// redis never answers; only the server's kernel ACKs).
+const TRICKLE: &str = r#"
+import socket, sys, time
+s = socket.create_connection((sys.argv[1], 6379), timeout=2)
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+end = time.time() + 3
+sent = 0
+while time.time() < end:
+    try:
+        s.send(b"x")
+    except OSError:
+        break
+    sent += 1
+    time.sleep(0.02)
+print("sent", sent, flush=True)
+"#;
+
+/// A promoted node has no output commit; its lease is also held by the
+/// kernel (an nft set element that times out). When all of its processes
+/// stall (frozen here; its kernel alive and ACKing what a client sends), it
+/// must fall silent when the lease runs out, not when its main loop next
+/// runs — after that the witness may hand the service to someone else.
+#[test]
+fn a_promoted_node_frozen_falls_silent_when_its_lease_runs_out() {
+    let mut p = Pair::guarded("wz", Server::Redis, Guard::Witness, 0, None);
+    p.up();
+    p.topo.kill(Host::A);
+    p.wait_state(Host::B, "live", Duration::from_secs(20));
+    let gate = p.topo.stdout(Host::B, &["nft", "list", "table", "ip", "ftnet_fence"]);
+    assert!(gate.contains("ip saddr != @lease drop") && gate.contains(&format!("{VIP} timeout")), "{gate}");
+    let pcap = p.capture();
+    let out = p.path("trickle.out");
+    let i = p.client_bg(&["python3", "-c", TRICKLE, &VIP.to_string()], &out);
+    std::thread::sleep(Duration::from_millis(500));
+    let frozen_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs_f64();
+    p.topo.freeze(Host::B);
+    assert_eq!(p.wait_bg(i, Duration::from_secs(15)), Some(0), "{}", std::fs::read_to_string(&out).unwrap_or_default());
+    std::thread::sleep(Duration::from_millis(300));
+    let o = std::process::Command::new("tcpdump")
+        .args(["-tt", "-n", "-r", pcap.to_str().expect("utf8"), &format!("src host {VIP} and tcp")])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .expect("tcpdump -r");
+    let after: Vec<f64> = text(&o.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next()?.parse::<f64>().ok())
+        .filter(|t| *t > frozen_at)
+        .map(|t| (t - frozen_at) * 1e3)
+        .collect();
+    eprintln!("segments from the VIP after the freeze, ms: {after:.0?}");
+    assert!(!after.is_empty(), "b's kernel ACKed nothing after the freeze: the test shows nothing");
+    let last = after.iter().cloned().fold(0.0, f64::max);
+    assert!(
+        last < (LEASE_MS + 100) as f64,
+        "b's kernel still spoke {last:.0} ms after its processes froze (lease {LEASE_MS} ms): {after:.0?}"
+    );
+}
+
 /// One trial of the partition campaign: a fresh pair under the counter, one
 /// random single-link cut at a random moment, healed after a random time or
 /// never. Whatever happens to availability, the counter the client saw has

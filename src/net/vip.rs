@@ -228,7 +228,38 @@ pub fn fence_install(vip: Ipv4Addr) -> Result<(), VipError> {
     ))
 }
 
-/// Lifts [`fence_install`] (no error if it was not installed).
+/// Gates this host's VIP output on a lease the kernel times out: every TCP
+/// segment from `vip` is dropped on output unless `vip` is in the table's
+/// `lease` set, whose one element expires `valid_for` after it is added
+/// (rounded down to whole ms). A node whose main loop stalls, or that is
+/// frozen with data still queued in its sockets, falls silent when its
+/// lease runs out, not when it next gets to run. Replaces a fence.
+pub fn gate_install(vip: Ipv4Addr, valid_for: Duration) -> Result<(), VipError> {
+    nft(&format!(
+        "add table ip {FENCE_TABLE}\nadd chain ip {FENCE_TABLE} output {{ type filter hook output priority -10; policy accept; }}\n\
+         add set ip {FENCE_TABLE} lease {{ type ipv4_addr; flags timeout; }}\nflush chain ip {FENCE_TABLE} output\n\
+         {}add rule ip {FENCE_TABLE} output ip saddr {vip} meta l4proto tcp ip saddr != @lease drop\n",
+        lease_element(vip, valid_for)
+    ))
+}
+
+/// Extends [`gate_install`]'s lease to `valid_for` from now (adding an
+/// element that exists sets its timeout afresh).
+pub fn gate_renew(vip: Ipv4Addr, valid_for: Duration) -> Result<(), VipError> {
+    nft(&lease_element(vip, valid_for))
+}
+
+/// The nft line that (re)adds the gate's element, empty when less than a
+/// millisecond is left (the gate then drops everything).
+fn lease_element(vip: Ipv4Addr, valid_for: Duration) -> String {
+    match valid_for.as_millis() {
+        0 => String::new(),
+        ms => format!("add element ip {FENCE_TABLE} lease {{ {vip} timeout {ms}ms }}\n"),
+    }
+}
+
+/// Lifts [`fence_install`] or [`gate_install`] (no error if neither is
+/// installed).
 pub fn fence_remove() -> Result<(), VipError> {
     nft(&format!("add table ip {FENCE_TABLE}\ndelete table ip {FENCE_TABLE}\n"))
 }
@@ -300,6 +331,16 @@ mod tests {
         assert_eq!(u32::from_ne_bytes([m[20], m[21], m[22], m[23]]), 5);
         assert_eq!(&m[28..32], &[10, 77, 0, 100]);
         assert_eq!(u16::from_ne_bytes([v.netlink_message(false, 5)[4], 0]), RTM_DELADDR);
+    }
+
+    #[test]
+    fn the_gate_element_carries_the_lease_and_none_when_it_is_gone() {
+        let vip = Ipv4Addr::new(10, 77, 0, 100);
+        assert_eq!(
+            lease_element(vip, Duration::from_micros(250_900)),
+            "add element ip ftnet_fence lease { 10.77.0.100 timeout 250ms }\n"
+        );
+        assert_eq!(lease_element(vip, Duration::from_micros(999)), "", "under a ms left: no element, all dropped");
     }
 
     #[test]

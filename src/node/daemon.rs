@@ -10,7 +10,10 @@
 //!
 //! Invariants kept here:
 //! - a node serving alone with a witness lets output out only while its
-//!   lease is held (`Node::enforce_lease`);
+//!   lease is held (`Node::enforce_lease`). A promoted node, whose output
+//!   does not pass through output commit, keeps the kernel's output gate
+//!   timed to its lease (`Node::refresh_gate`), so a stalled or frozen main
+//!   loop cannot let its sockets speak past the lease;
 //! - a node replaced (a newer epoch, a refused renewal) drops all output
 //!   before anything else.
 
@@ -52,6 +55,10 @@ pub(super) struct Node {
     /// Output is suspended (dropped, VIP given up) because the lease lapsed
     /// while this node served alone.
     pub(super) suspended: bool,
+    /// The lease deadline (CLOCK_BOOTTIME ns) last handed to the kernel's
+    /// output gate (`crate::net::vip::gate_install`); 0 when no gate is
+    /// installed.
+    pub(super) gate_until: u64,
     /// Primary: asked the witness to go on alone, not granted yet.
     pub(super) want_solo: bool,
     /// The witness's silence was noted once.
@@ -147,6 +154,7 @@ pub fn up(config_path: &Path, role: Role) -> anyhow::Result<i32> {
         stop_requested: false,
         lease,
         suspended: false,
+        gate_until: 0,
         want_solo: false,
         witness_noted: false,
         last_acked: (0, Instant::now()),
@@ -318,11 +326,40 @@ impl Node {
             self.set_output(true, vip);
             self.shared.set_state("alone");
         }
+        if !self.suspended {
+            self.refresh_gate(vip);
+        }
+    }
+
+    /// A node serving without output commit and with a lease: hands each
+    /// renewal to the kernel's output gate (installing it the first time),
+    /// so output stops at the lease's deadline even if this loop does not
+    /// run. The kernel's timer starts a few ms after the deadline was read
+    /// (the `nft` call); the witness's margin and its one-TTL wait before a
+    /// new history cover that.
+    pub(super) fn refresh_gate(&mut self, vip: &crate::net::vip::Vip) {
+        let Some(lease) = &self.lease else { return };
+        if self.commit.is_some() {
+            return;
+        }
+        let (left, until) = lease.valid_for();
+        if until <= self.gate_until && self.gate_until != 0 {
+            return;
+        }
+        let r = if self.gate_until == 0 {
+            crate::net::vip::gate_install(vip.addr, left)
+        } else {
+            crate::net::vip::gate_renew(vip.addr, left)
+        };
+        match r {
+            Ok(()) => self.gate_until = until.max(1),
+            Err(e) => self.shared.note(format!("the output gate: {e}")),
+        }
     }
 
     /// Lets this node's output out (and holds the VIP), or drops it all
     /// (and gives the VIP up).
-    pub(super) fn set_output(&self, on: bool, vip: &crate::net::vip::Vip) {
+    pub(super) fn set_output(&mut self, on: bool, vip: &crate::net::vip::Vip) {
         use crate::net::vip as v;
         let r = if on {
             let a =
@@ -333,9 +370,16 @@ impl Node {
                     c.set_mode(Mode::Solo);
                     a
                 }
+                None if self.lease.is_some() => {
+                    // Gated on the lease from the start (see refresh_gate).
+                    self.gate_until = 0;
+                    self.refresh_gate(vip);
+                    a
+                }
                 None => a.and(v::fence_remove()),
             }
         } else {
+            self.gate_until = 0;
             let f = match &self.commit {
                 Some(c) => {
                     c.set_mode(Mode::Fenced);

@@ -136,6 +136,14 @@ impl Lease {
         self.until.clone()
     }
 
+    /// How long we still hold the lease (zero when we do not), and the
+    /// CLOCK_BOOTTIME deadline that says so.
+    pub fn valid_for(&self) -> (Duration, u64) {
+        let until = self.until.load(Ordering::Acquire);
+        let left = if self.epoch() > 0 { until.saturating_sub(boot_ns()) } else { 0 };
+        (Duration::from_nanos(left), until)
+    }
+
     fn set_until(&self, sent_boot: u64, sent: Instant, ttl: Duration) {
         let left = crate::witness::valid_until(sent, ttl).saturating_duration_since(sent);
         self.until.store(sent_boot + left.as_nanos() as u64, Ordering::Release);

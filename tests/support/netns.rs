@@ -284,6 +284,17 @@ impl Topo {
         }
     }
 
+    /// Freezes every process of `host` (client, a, b or w) and leaves its
+    /// kernel and links running: it still ACKs, retransmits and answers ARP,
+    /// as a host whose userspace stalls does. Removing the topology thaws
+    /// and kills them. Panics on failure.
+    pub fn freeze(&self, host: Host) {
+        let state = format!("{FREEZER_DIR}/{}/{}/freezer.state", self.name, host.suffix());
+        if let Err(e) = std::fs::write(&state, "FROZEN") {
+            panic!("freezing {}: {state}: {e}", self.host(host));
+        }
+    }
+
     /// Drops all traffic on `link`, both ways, until [`Topo::heal`]. Addresses,
     /// routes, carrier and the VIP stay as they are on every host. Cutting a
     /// cut link changes nothing. Takes ~10 ms. Panics with the script's
