@@ -16,7 +16,7 @@
 //! which requests are idempotent.
 
 use super::proto::{AnswerBody, MAX_DATAGRAM, Op, RequestBody, WireKeys};
-use super::{Answer, LeaseClient, LeaseView, Request, WitnessError, check_name, check_ttl, ms};
+use super::{Answer, LeaseClient, LeaseView, Request, WitnessError, check_name, check_request, ms};
 use crate::link::Key;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
@@ -111,9 +111,7 @@ impl LeaseClient for UdpClient {
         ttl: Duration,
         timeout: Duration,
     ) -> Result<Answer, WitnessError> {
-        check_name("service", service)?;
-        check_name("node", node)?;
-        check_ttl(ttl)?;
+        check_request(service, node, ttl)?;
         let addr = self.server.to_string();
         match self.exchange(service, node, Op::from(req), ttl, timeout)? {
             AnswerBody::Granted { epoch, ttl_ms } => Ok(Answer::Granted { epoch, ttl: Duration::from_millis(ttl_ms) }),

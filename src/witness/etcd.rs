@@ -48,7 +48,7 @@
 
 use super::http::{Http, b64decode, b64encode};
 use super::state::{Lease, Verdict, decide};
-use super::{Answer, LeaseClient, LeaseView, Request, WitnessError, check_name, check_ttl};
+use super::{Answer, LeaseClient, LeaseView, Request, WitnessError, check_name, check_request};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
@@ -355,9 +355,7 @@ impl LeaseClient for EtcdClient {
         ttl: Duration,
         timeout: Duration,
     ) -> Result<Answer, WitnessError> {
-        check_name("service", service)?;
-        check_name("node", node)?;
-        check_ttl(ttl)?;
+        check_request(service, node, ttl)?;
         let deadline = Instant::now() + timeout;
         for _ in 0..MAX_ROUNDS {
             if let Some(a) = self.round(service, node, req, ttl, deadline)? {

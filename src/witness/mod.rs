@@ -281,6 +281,14 @@ pub fn check_ttl(ttl: Duration) -> Result<(), WitnessError> {
     Ok(())
 }
 
+/// Checks what every lease request names, before any backend sends it:
+/// the service and node names and the TTL.
+pub fn check_request(service: &str, node: &str, ttl: Duration) -> Result<(), WitnessError> {
+    check_name("service", service)?;
+    check_name("node", node)?;
+    check_ttl(ttl)
+}
+
 /// Random bytes from the OS.
 pub(crate) fn random<const N: usize>() -> Result<[u8; N], WitnessError> {
     use chacha20poly1305::aead::rand_core::RngCore;
