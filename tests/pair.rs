@@ -3,6 +3,8 @@
 //! topology (removed even on failure). Timings are reported, not asserted.
 //! Needs root, nginx, redis-server, openssl, curl, tcpdump, python3.
 
+#[path = "support/ftnet.rs"]
+mod cli;
 #[path = "support/netns.rs"]
 mod netns;
 #[path = "support/pair.rs"]

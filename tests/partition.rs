@@ -5,6 +5,8 @@
 //! timings are reported, not asserted. Needs root, redis-server, etcd,
 //! tcpdump, python3.
 
+#[path = "support/ftnet.rs"]
+mod cli;
 #[path = "support/netns.rs"]
 mod netns;
 #[path = "support/pair.rs"]

@@ -39,18 +39,6 @@ fn sha256(b: &[u8]) -> String {
     text(&c.wait_with_output().expect("wait").stdout).split_whitespace().next().unwrap_or("").to_string()
 }
 
-fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 const MIX_LUA: &str = r#"
 local n = 0
 request = function()
@@ -72,7 +60,7 @@ fn nginx_https_master_and_workers_under_load() {
     std::fs::create_dir_all(&www).expect("www");
     std::fs::create_dir_all(&state).expect("state");
     cert(d);
-    let big = pseudo_random(3 << 20, 7);
+    let big = content(3 << 20, 7);
     std::fs::write(www.join("big.bin"), &big).expect("big");
     std::fs::write(www.join("index.html"), "<html>small page</html>\n").expect("index");
     Command::new("chmod").args(["-R", "a+rwX"]).arg(d).status().expect("chmod");
@@ -189,7 +177,7 @@ fn openssl_s_server_www() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
     cert(d);
-    let big = pseudo_random(500_000, 3);
+    let big = content(500_000, 3);
     std::fs::write(d.join("big.bin"), &big).expect("big");
     std::fs::write(d.join("index.html"), "s_server page\n").expect("index");
     let port = free_port().to_string();

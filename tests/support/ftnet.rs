@@ -13,6 +13,19 @@ pub fn ftnet() -> &'static str {
     env!("CARGO_BIN_EXE_ftnet")
 }
 
+/// Deterministic content: the byte at offset i is a function of i.
+pub fn content(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
 /// A CPU for this test's replica (spread parallel tests over the CPUs).
 pub fn cpu() -> String {
     let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);

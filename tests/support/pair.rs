@@ -10,9 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub fn ftnet() -> &'static str {
-    env!("CARGO_BIN_EXE_ftnet")
-}
+pub use crate::cli::{content, ftnet};
 
 /// One daemon and its log file.
 pub struct Daemon {
@@ -92,19 +90,6 @@ http {
   }
 }
 "#;
-
-/// Deterministic content: the byte at offset i is a function of i.
-pub fn content(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 pub fn sha256(path: &Path) -> String {
     let o = Command::new("sha256sum").arg(path).output().expect("sha256sum");
