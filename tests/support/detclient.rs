@@ -367,6 +367,8 @@ pub fn run_client(p: ClientParams) {
         let s = match detsvc::connect(p.addr, connect_timeout) {
             Ok(s) => s,
             Err(e) => {
+                // Said at once, so a test waiting for @@ready shows why.
+                println!("@@client-error connect: {e}");
                 results.lock().unwrap().push((0, Err(e)));
                 continue;
             }
@@ -382,6 +384,9 @@ pub fn run_client(p: ClientParams) {
         let mut s = s;
         threads.push(std::thread::Builder::new().stack_size(256 << 10).spawn(move || {
             let r = f(&mut s, port, &watch, &ctl, &p2, &rc);
+            if let Err(e) = &r {
+                println!("@@client-error port={port}: {e}");
+            }
             watch.done.store(true, Ordering::SeqCst);
             res.lock().unwrap().push((port, r));
         }));
