@@ -55,10 +55,8 @@ pub(super) struct Node {
     /// Output is suspended (dropped, VIP given up) because the lease lapsed
     /// while this node served alone.
     pub(super) suspended: bool,
-    /// The lease deadline (CLOCK_BOOTTIME ns) last handed to the kernel's
-    /// output gate (`crate::net::vip::gate_install`); 0 when no gate is
-    /// installed.
-    pub(super) gate_until: u64,
+    /// The kernel's output gate on the lease (see `Node::refresh_gate`).
+    pub(super) gate: Gate,
     /// Primary: asked the witness to go on alone, not granted yet.
     pub(super) want_solo: bool,
     /// The witness's silence was noted once.
@@ -68,6 +66,19 @@ pub(super) struct Node {
     /// Primary: since when it has looked cut off from the service network
     /// (see `Node::check_service_network`).
     pub(super) cut_off_since: Option<Instant>,
+}
+
+/// What the main loop knows of the kernel's output gate
+/// (`crate::net::vip::gate_install`).
+#[derive(Default)]
+pub(super) struct Gate {
+    /// The gate's rule is in place.
+    pub(super) installed: bool,
+    /// The lease deadline (CLOCK_BOOTTIME ns) last handed to the kernel,
+    /// or tried: the next attempt waits for a renewal that moves it.
+    pub(super) tried_until: u64,
+    /// The last attempt failed (said once until one succeeds).
+    pub(super) failing: bool,
 }
 
 fn identity(header: &crate::replica::log::Header) -> ReplicaIdentity {
@@ -154,7 +165,7 @@ pub fn up(config_path: &Path, role: Role) -> anyhow::Result<i32> {
         stop_requested: false,
         lease,
         suspended: false,
-        gate_until: 0,
+        gate: Gate::default(),
         want_solo: false,
         witness_noted: false,
         last_acked: (0, Instant::now()),
@@ -343,17 +354,30 @@ impl Node {
             return;
         }
         let (left, until) = lease.valid_for();
-        if until <= self.gate_until && self.gate_until != 0 {
+        if (self.gate.installed || self.gate.failing) && until <= self.gate.tried_until {
             return;
         }
-        let r = if self.gate_until == 0 {
-            crate::net::vip::gate_install(vip.addr, left)
-        } else {
+        let r = if self.gate.installed {
             crate::net::vip::gate_renew(vip.addr, left)
+        } else {
+            crate::net::vip::gate_install(vip.addr, left)
         };
+        self.gate.tried_until = until;
         match r {
-            Ok(()) => self.gate_until = until.max(1),
-            Err(e) => self.shared.note(format!("the output gate: {e}")),
+            Ok(()) => {
+                self.gate.installed = true;
+                self.gate.failing = false;
+            }
+            Err(e) => {
+                if !self.gate.failing {
+                    self.shared.note(format!(
+                        "the kernel's output gate on the lease ({e}): the main loop alone enforces the lease"
+                    ));
+                }
+                // Install afresh next time (the table may be gone).
+                self.gate.installed = false;
+                self.gate.failing = true;
+            }
         }
     }
 
@@ -372,14 +396,14 @@ impl Node {
                 }
                 None if self.lease.is_some() => {
                     // Gated on the lease from the start (see refresh_gate).
-                    self.gate_until = 0;
+                    self.gate = Gate::default();
                     self.refresh_gate(vip);
                     a
                 }
                 None => a.and(v::fence_remove()),
             }
         } else {
-            self.gate_until = 0;
+            self.gate = Gate::default();
             let f = match &self.commit {
                 Some(c) => {
                     c.set_mode(Mode::Fenced);
