@@ -322,3 +322,53 @@ fn bad_frames_are_rejected_counted_and_survived() {
         assert!(log.to_lowercase().contains(k), "a log line names {k}: {log}");
     }
 }
+
+/// Forty short connections to redis (PING, then close) and one kept open,
+/// used again once the file `argv[2]` exists.
+const SHORT_AND_ONE_LONG: &str = r#"
+import os, socket, sys, time
+host = sys.argv[1]
+def ping(s):
+    s.sendall(b"PING\r\n")
+    assert s.recv(64) == b"+PONG\r\n"
+keep = socket.create_connection((host, 6379), timeout=5); ping(keep)
+for _ in range(40):
+    s = socket.create_connection((host, 6379), timeout=5); ping(s); s.close()
+print("ready", flush=True)
+end = time.time() + 120
+while not os.path.exists(sys.argv[2]) and time.time() < end:
+    time.sleep(0.1)
+ping(keep)
+print("kept connection ok", flush=True)
+"#;
+
+/// The backup forgets connections a minute after they ended on the wire
+/// (or its tracker would fill up and ignore new ones), and keeps idle ones:
+/// the connection kept open across the minute still fails over.
+#[test]
+fn the_backup_forgets_ended_connections_and_keeps_idle_ones() {
+    let mut p = Pair::new("pf", Server::Redis, "prefer-availability", 0, None);
+    p.up();
+    let script = p.path("short.py");
+    std::fs::write(&script, SHORT_AND_ONE_LONG).expect("script");
+    let out = p.path("short.out");
+    let go = p.path("go");
+    let i =
+        p.client_bg(&["python3", script.to_str().expect("utf8"), &VIP.to_string(), go.to_str().expect("utf8")], &out);
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(&out).unwrap_or_default().contains("ready") {
+        assert!(std::time::Instant::now() < until, "client: {}", std::fs::read_to_string(&out).unwrap_or_default());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let before = p.status(Host::B)["connections_tracked"].as_u64().expect("connections_tracked");
+    assert!(before >= 41, "the backup tracks every connection it saw: {before}");
+    std::thread::sleep(Duration::from_secs(62));
+    let after = p.status(Host::B)["connections_tracked"].as_u64().expect("connections_tracked");
+    assert_eq!(after, 1, "a minute after they closed only the open connection is left (was {before})");
+    p.topo.kill(Host::A);
+    p.wait_state(Host::B, "live", Duration::from_secs(10));
+    std::fs::write(&go, "").expect("go");
+    assert_eq!(p.wait_bg(i, Duration::from_secs(30)), Some(0), "{}", std::fs::read_to_string(&out).unwrap_or_default());
+    assert!(std::fs::read_to_string(&out).unwrap_or_default().contains("kept connection ok"));
+}

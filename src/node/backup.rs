@@ -386,10 +386,22 @@ fn on_frame_backup(shared: &Shared, feed: &Feed, f: crate::link::Frame) {
     }
 }
 
+/// Feeds the tracker what the replica consumed every 50 ms, and once a
+/// second forgets the connections that are done
+/// ([`crate::tcpstate::ExpiryPolicy::BACKUP`]), so a long-running pair keeps
+/// room for new ones.
 fn spawn_tracker_sync(shared: Arc<Shared>) {
     let _ = std::thread::Builder::new().name("ftnet-tracker".into()).spawn(move || {
+        let mut expired = Instant::now();
         while shared.role() == Role::Backup {
             takeover::sync_tracker(&shared);
+            if expired.elapsed() >= Duration::from_secs(1) {
+                expired = Instant::now();
+                let now = sfd::clock_ns(libc::CLOCK_MONOTONIC).max(0) as u64;
+                if let Ok(mut t) = shared.tracker.lock() {
+                    t.expire(now, &crate::tcpstate::ExpiryPolicy::BACKUP);
+                }
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
     });

@@ -52,6 +52,12 @@ pub fn sync_tracker(shared: &Shared) {
         if c.read > c.consumed {
             match tracker.consume(&tuple, c.read - c.consumed) {
                 Ok(()) => c.consumed = c.read,
+                Err(e @ crate::tcpstate::ConsumeError::UnknownConnection(_)) => {
+                    // Never seen, or expired (ended on the wire a minute
+                    // ago): there is nothing to feed, now or later. Said once.
+                    tracing::warn!("tracker: {tuple}: the replica read {} bytes: {e}", c.read);
+                    c.consumed = c.read;
+                }
                 Err(e) => tracing::warn!("tracker: {tuple}: the replica read {} bytes: {e}", c.read),
             }
         }

@@ -115,6 +115,20 @@ pub struct ExpiryPolicy {
     pub idle_after_ns: Option<u64>,
 }
 
+impl ExpiryPolicy {
+    /// The live backup's policy. A connection that ended on the wire (reset,
+    /// or both FINs acknowledged) leaves nothing to rebuild; a minute later
+    /// the backup's replica, at most the bounded lag behind, has seen its
+    /// end too. A handshake never completed is dropped after two minutes
+    /// (Linux gives up its SYN-ACK retransmissions after about 63 s). Idle
+    /// connections are kept whatever their age: keep-alive clients must
+    /// survive a failover. Without expiry the tracker fills up with ended
+    /// connections to `max_connections` and then ignores new ones, which a
+    /// failover could not rebuild.
+    pub const BACKUP: ExpiryPolicy =
+        ExpiryPolicy { ended_after_ns: 60_000_000_000, handshake_after_ns: 120_000_000_000, idle_after_ns: None };
+}
+
 /// Passive tracker of the TCP connections to a set of service endpoints.
 #[derive(Debug, Clone)]
 pub struct Tracker {

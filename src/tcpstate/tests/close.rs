@@ -1,7 +1,7 @@
 //! Closing tests: FINs each way, RSTs, replacement and expiry.
 
 use super::super::seq::SeqNum;
-use super::super::{ConnState, ExpiryPolicy, ResetInfo, Side, SnapshotError};
+use super::super::{ConnState, ExpiryPolicy, Ignored, Observed, ResetInfo, Side, SnapshotError, TrackerConfig};
 use super::{ACK, FIN, Flow, PSH, RST};
 
 #[test]
@@ -171,6 +171,41 @@ fn expiry_of_stuck_handshakes_and_idle_connections() {
     let policy = ExpiryPolicy { ended_after_ns: u64::MAX, handshake_after_ns: 0, idle_after_ns: Some(60) };
     assert!(f.tracker.expire(t1 + 59, &policy).is_empty(), "established is not a stuck handshake");
     assert_eq!(f.tracker.expire(t1 + 60, &policy).len(), 1);
+}
+
+#[test]
+fn the_backup_policy_makes_room_for_new_connections_and_keeps_idle_ones() {
+    use super::SYN;
+    let mut f = Flow::with_config(10, 20, TrackerConfig { max_connections: 2, ..TrackerConfig::default() });
+    f.handshake();
+    f.outbound_raw(f.s_nxt, f.c_nxt, RST | ACK, 0, b"");
+    let ended = f.conn().ended_ns().expect("reset ends it");
+    let (server, idle, third) = (f.server, port_after(&f, 1), port_after(&f, 2));
+    // An idle connection (established, then silent) takes the second place.
+    for (from, to, seq, ack, flags) in
+        [(idle, server, 99, 0, SYN), (server, idle, 500, 100, SYN | ACK), (idle, server, 100, 501, ACK)]
+    {
+        let pkt = super::packet(from, to, SeqNum(seq), SeqNum(ack), flags, 100, &[], b"");
+        assert!(matches!(f.tracker.observe(ended, &pkt), Ok(Observed::Tracked(_))));
+    }
+    let syn = super::packet(third, server, SeqNum(7), SeqNum(0), SYN, 100, &[], b"");
+    let full = f.tracker.observe(ended, &syn).expect("parse");
+    assert!(matches!(full, Observed::Ignored(Ignored::ConnectionLimit(_))), "{full:?}");
+    let p = ExpiryPolicy::BACKUP;
+    assert!(f.tracker.expire(ended + p.ended_after_ns - 1, &p).is_empty(), "a minute of grace");
+    let gone = f.tracker.expire(ended + p.ended_after_ns, &p);
+    assert_eq!(gone.iter().map(|c| c.tuple()).collect::<Vec<_>>(), [f.tuple()], "only the ended one goes");
+    let later = ended + p.ended_after_ns;
+    assert!(matches!(f.tracker.observe(later, &syn), Ok(Observed::Tracked(_))), "room again");
+    // A handshake stuck for two minutes goes; an idle connection stays, even a day later.
+    assert!(f.tracker.expire(later + p.handshake_after_ns - 1, &p).is_empty());
+    assert_eq!(f.tracker.expire(later + p.handshake_after_ns, &p).len(), 1);
+    assert!(f.tracker.expire(later + 86_400_000_000_000, &p).is_empty());
+    assert_eq!(f.tracker.len(), 1);
+}
+
+fn port_after(f: &Flow, n: u16) -> std::net::SocketAddrV4 {
+    std::net::SocketAddrV4::new(*f.client.ip(), f.client.port() + n)
 }
 
 #[test]
