@@ -23,10 +23,12 @@
 use super::shared::Shared;
 use crate::net::takeover::{Armed, Rebuild, TakeoverReport};
 use crate::replica::engine::Supervisor;
-use crate::replica::engine::live::LiveConn;
+use crate::replica::engine::live::{LiveConn, LiveState};
 use crate::sys::{self, fd as sfd};
 use crate::tcpstate::build::RepairPlan;
 use crate::tcpstate::{FourTuple, TsClock};
+use std::collections::HashSet;
+use std::net::SocketAddrV4;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 /// Stream offset of sequence number `seq` in a stream whose first byte is
@@ -44,7 +46,17 @@ pub fn offset_of(seq: u32, isn: u32, written: u64) -> u64 {
 /// threads never feed the same bytes twice.
 pub fn sync_tracker(shared: &Shared) {
     let (Ok(mut live), Ok(mut tracker)) = (shared.live.lock(), shared.tracker.lock()) else { return };
-    let st = &mut *live;
+    sync(&mut live, &mut tracker);
+}
+
+/// [`sync_tracker`] on the states themselves. Then forgets every closed
+/// connection a takeover would never rebuild as an orphan (see
+/// [`take_over`]): its output all acknowledged (a tail only shrinks), too
+/// large to hold, its wire connection ended or forgotten, or its 4-tuple
+/// reused by a newer connection of the replica. Without this the list
+/// grows with every connection the server ever closed, and this pass with
+/// it.
+fn sync(st: &mut LiveState, tracker: &mut crate::tcpstate::Tracker) {
     let conns = st.conns.values_mut().chain(st.closed.iter_mut());
     for c in conns {
         let Some((client, server)) = c.endpoints() else { continue };
@@ -67,6 +79,15 @@ pub fn sync_tracker(shared: &Shared) {
             c.trim(offset_of(una.0, isn.0, c.written));
         }
     }
+    let open: HashSet<(SocketAddrV4, SocketAddrV4)> = st.conns.values().filter_map(|c| c.endpoints()).collect();
+    st.closed.retain(|c| {
+        let Some((client, server)) = c.endpoints() else { return false };
+        let wire_open = tracker.get(&FourTuple { client, server }).is_some_and(|conn| {
+            !matches!(conn.state(), crate::tcpstate::ConnState::Closed | crate::tcpstate::ConnState::Reset(_))
+        });
+        c.read > c.consumed
+            || (wire_open && !c.overflow && c.tail_base < c.written && !open.contains(&(client, server)))
+    });
 }
 
 fn copy(tgid: i32, fd: i32) -> Option<OwnedFd> {
@@ -216,7 +237,59 @@ fn finish_tail(fd: &OwnedFd, rest: &[u8]) {
 
 #[cfg(test)]
 mod tests {
-    use super::offset_of;
+    use super::{offset_of, sync};
+    use crate::replica::engine::live::LiveState;
+    use crate::tcpstate::ConnState;
+    use crate::tcpstate::tests::{Flow, RST};
+    use std::net::SocketAddrV4;
+
+    /// A raw `sockaddr_in`, as the engine stores it.
+    fn raw(a: SocketAddrV4) -> Vec<u8> {
+        let mut b = vec![0u8; 16];
+        b[..2].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
+        b[2..4].copy_from_slice(&a.port().to_be_bytes());
+        b[4..8].copy_from_slice(&a.ip().octets());
+        b
+    }
+
+    /// A connection the replica accepted, answered with `reply` and closed.
+    fn closed_after_reply(f: &mut Flow, reply: &[u8]) -> LiveState {
+        f.handshake();
+        let mut st = LiveState { budget: 1 << 20, ..Default::default() };
+        st.accepted(3, 7, &raw(f.server), &raw(f.client), true);
+        st.wrote(3, 7, reply);
+        f.server_send(reply);
+        st.closed(3, 7);
+        st
+    }
+
+    #[test]
+    fn a_closed_connection_is_kept_while_the_client_lacks_its_output() {
+        let mut f = Flow::new(10, 20);
+        let mut st = closed_after_reply(&mut f, b"bye");
+        sync(&mut st, &mut f.tracker);
+        assert_eq!(st.closed.len(), 1, "an orphan: the client has not acknowledged its last bytes");
+        f.client_ack(f.s_nxt, 1000);
+        sync(&mut st, &mut f.tracker);
+        assert!(st.closed.is_empty(), "all acknowledged: nothing a takeover would rebuild");
+    }
+
+    #[test]
+    fn a_closed_connection_is_forgotten_once_the_wire_ends_or_its_tuple_is_reused() {
+        let mut f = Flow::new(10, 20);
+        let mut st = closed_after_reply(&mut f, b"bye");
+        f.inbound_raw(f.c_nxt, f.s_isn, RST, 0, b"");
+        assert!(matches!(f.conn().state(), ConnState::Reset(_)));
+        sync(&mut st, &mut f.tracker);
+        assert!(st.closed.is_empty(), "reset on the wire");
+
+        let mut f = Flow::new(10, 20);
+        let mut st = closed_after_reply(&mut f, b"bye");
+        st.accepted(3, 8, &raw(f.server), &raw(f.client), true);
+        sync(&mut st, &mut f.tracker);
+        assert!(st.closed.is_empty(), "the replica accepted the same 4-tuple again");
+        assert_eq!(st.conns.len(), 1);
+    }
 
     #[test]
     fn offsets_follow_sequence_numbers_across_wraps() {

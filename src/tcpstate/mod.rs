@@ -54,7 +54,7 @@ mod update;
 pub mod wire;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use conn::{
     Conn, ConnState, ConnStats, ConsumeError, DEFAULT_MSS, Direction, FinInfo, FourTuple, MissingBytes, Negotiated,

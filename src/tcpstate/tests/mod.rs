@@ -17,7 +17,7 @@ use super::{Conn, FourTuple, Observed, Tracked, Tracker, TrackerConfig};
 pub(super) const ACK: TcpFlags = TcpFlags::ACK;
 pub(super) const SYN: TcpFlags = TcpFlags::SYN;
 pub(super) const FIN: TcpFlags = TcpFlags::FIN;
-pub(super) const RST: TcpFlags = TcpFlags::RST;
+pub(crate) const RST: TcpFlags = TcpFlags::RST;
 pub(super) const PSH: TcpFlags = TcpFlags::PSH;
 
 pub(super) fn client_addr() -> SocketAddrV4 {
@@ -57,7 +57,7 @@ pub(super) fn packet(
 
 /// A scripted connection: tracks both sides' next sequence numbers and
 /// timestamp clocks so tests only say what happens.
-pub(super) struct Flow {
+pub(crate) struct Flow {
     pub tracker: Tracker,
     pub client: SocketAddrV4,
     pub server: SocketAddrV4,
