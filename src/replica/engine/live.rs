@@ -201,10 +201,12 @@ impl Supervisor {
             }
         }
         self.mode = Mode::Record(Writer::new(sink));
-        for t in self.tree.threads.iter_mut() {
+        for vid in self.tree.live_vids() {
+            let holder = self.holder == Some(vid);
+            let t = self.tree.tm(vid);
             t.sched = match t.at {
                 At::Notif(_) | At::Stop(_) => Sched::Ready,
-                At::Running if self.holder == Some(t.vid) => Sched::Holder,
+                At::Running if holder => Sched::Holder,
                 _ => Sched::Idle,
             };
             t.since = 0;

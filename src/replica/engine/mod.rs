@@ -326,7 +326,7 @@ impl Supervisor {
     }
 
     fn blocked_any(&self) -> bool {
-        self.tree.threads.iter().any(|t| matches!(t.sched, Sched::Blocked(_)))
+        self.tree.live().any(|t| matches!(t.sched, Sched::Blocked(_)))
     }
 
     /// A signal sent from outside the tree to a parked thread stays pending
@@ -340,7 +340,7 @@ impl Supervisor {
         }
         self.next_signal_scan = now + SIGNAL_SCAN_NS;
         let blocked: Vec<Pvid> =
-            self.tree.threads.iter().filter(|t| matches!(t.sched, Sched::Blocked(_))).map(|t| t.pvid).collect();
+            self.tree.live().filter(|t| matches!(t.sched, Sched::Blocked(_))).map(|t| t.pvid).collect();
         for p in blocked {
             self.tree.pm(p).check_pending = true;
         }
@@ -357,8 +357,7 @@ impl Supervisor {
     /// The next thread to run: round-robin over ready threads by vid, after
     /// the last holder; a vfork child first.
     fn pick(&self) -> Option<Vid> {
-        let ready =
-            self.tree.threads.iter().filter(|t| t.sched == Sched::Ready && matches!(t.at, At::Notif(_) | At::Stop(_)));
+        let ready = self.tree.live().filter(|t| t.sched == Sched::Ready && matches!(t.at, At::Notif(_) | At::Stop(_)));
         if let Some(t) = ready.clone().find(|t| t.vfork_parent.is_some()) {
             return Some(t.vid);
         }
@@ -403,7 +402,7 @@ impl Supervisor {
     }
 
     fn others_ready(&self, vid: Vid) -> bool {
-        self.tree.threads.iter().any(|t| t.vid != vid && t.sched == Sched::Ready)
+        self.tree.live().any(|t| t.vid != vid && t.sched == Sched::Ready)
     }
 
     /// Takes the token from `vid`, leaving it ready with its call pending.
@@ -658,12 +657,7 @@ impl Supervisor {
     /// Processes whose parent is not in the tree (the root, and anything
     /// reparented to ftnet's init).
     fn top_processes(&self) -> Vec<Pvid> {
-        self.tree
-            .procs
-            .iter()
-            .filter(|p| !p.exited && p.parent.is_none_or(|pp| self.tree.p(pp).exited))
-            .map(|p| p.pvid)
-            .collect()
+        self.tree.live_procs().filter(|p| p.parent.is_none_or(|pp| self.tree.p(pp).exited)).map(|p| p.pvid).collect()
     }
 
     fn on_signalfd(&mut self) -> Result<()> {
@@ -699,9 +693,11 @@ impl Supervisor {
                 Err(e) if e.0 == libc::EINTR => continue,
                 Err(e) if e.0 == libc::ECHILD => {
                     // Nothing left to wait for: whatever was in flight is gone.
-                    for t in self.tree.threads.iter_mut() {
+                    for vid in self.tree.live_vids() {
+                        let t = self.tree.tm(vid);
                         if t.at == At::Unborn || t.dying {
-                            t.at = At::Dead;
+                            t.sched = Sched::Idle;
+                            self.tree.mark_dead(vid);
                         }
                     }
                     return Ok(());
@@ -732,7 +728,7 @@ impl Supervisor {
             }
         } else {
             tracing::warn!("second stop request: killing the replica tree; the log will end early");
-            for p in self.tree.procs.iter().filter(|p| !p.exited) {
+            for p in self.tree.live_procs() {
                 let _ = sfd::kill(p.tgid, libc::SIGKILL);
             }
         }

@@ -221,8 +221,7 @@ impl Supervisor {
     /// received one (a child exited, a replica process called kill) into the
     /// queues, and wakes threads they interrupt.
     pub fn check_pending_signals(&mut self) -> Result<()> {
-        let flagged: Vec<Pvid> =
-            self.tree.procs.iter().filter(|p| p.check_pending && !p.exited).map(|p| p.pvid).collect();
+        let flagged: Vec<Pvid> = self.tree.live_procs().filter(|p| p.check_pending).map(|p| p.pvid).collect();
         for pvid in flagged {
             self.tree.pm(pvid).check_pending = false;
             let threads = self.tree.p(pvid).threads.clone();

@@ -11,7 +11,7 @@
 
 use crate::replica::log::Vid;
 use crate::sys::seccomp::Notif;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::os::fd::OwnedFd;
 
 /// Index of a process in [`Tree::procs`] (creation order).
@@ -126,6 +126,9 @@ pub struct Proc {
     pub tgid: i32,
     pub nspid: i32,
     pub parent: Option<Pvid>,
+    /// Children its `wait4` may still reap: pruned once reaped (see
+    /// `calls::sync`), so a wait never walks every child it ever had.
+    pub children: Vec<Pvid>,
     pub threads: Vec<Vid>,
     pub pidfd: Option<OwnedFd>,
     /// Exit of the whole process is under way (exit_group, fatal signal).
@@ -138,11 +141,21 @@ pub struct Proc {
     pub check_pending: bool,
 }
 
-/// All threads and processes ever seen.
+/// All threads and processes ever seen. Dead ones keep their place (vids
+/// and pvids index these vectors), but the per-call scans walk only the
+/// living ([`Tree::live`], [`Tree::live_procs`]): a server that forks a
+/// child a minute (redis saving) would otherwise make every intercepted
+/// call slower with every child it ever had.
 #[derive(Default)]
 pub struct Tree {
     pub threads: Vec<Thread>,
     pub procs: Vec<Proc>,
+    /// Threads not yet marked dead, in vid order (scans keep their order).
+    alive: BTreeSet<Vid>,
+    /// Processes not yet marked exited, in pvid order.
+    running: BTreeSet<Pvid>,
+    /// Host tid of every thread not yet reaped: a dead thread's tid is
+    /// forgotten, so a new thread that reuses it is never taken for it.
     by_tid: HashMap<i32, Vid>,
     /// How each dead thread ended.
     pub exits: HashMap<Vid, crate::replica::log::Exit>,
@@ -160,6 +173,7 @@ impl Tree {
                 tgid: tid,
                 nspid,
                 parent: pvid_of_parent,
+                children: vec![],
                 threads: vec![],
                 pidfd: crate::sys::pidfd::open(tid).ok(),
                 exiting: false,
@@ -167,6 +181,10 @@ impl Tree {
                 itimer: None,
                 check_pending: false,
             });
+            self.running.insert(pvid);
+            if let Some(parent) = pvid_of_parent {
+                self.procs[parent as usize].children.push(pvid);
+            }
             pvid
         } else {
             pvid_of_parent.unwrap_or(0)
@@ -192,7 +210,25 @@ impl Tree {
             vfork_parent: None,
         });
         self.by_tid.insert(tid, vid);
+        self.alive.insert(vid);
         vid
+    }
+
+    /// The thread is gone (reaped, or replaced by an exec): it leaves the
+    /// scans, and its tid stops naming it.
+    pub fn mark_dead(&mut self, vid: Vid) {
+        let tid = self.threads[vid as usize].tid;
+        self.threads[vid as usize].at = At::Dead;
+        self.alive.remove(&vid);
+        if self.by_tid.get(&tid) == Some(&vid) {
+            self.by_tid.remove(&tid);
+        }
+    }
+
+    /// Every thread of the process is dead.
+    pub fn mark_exited(&mut self, pvid: Pvid) {
+        self.procs[pvid as usize].exited = true;
+        self.running.remove(&pvid);
     }
 
     pub fn vid_of(&self, tid: i32) -> Option<Vid> {
@@ -228,15 +264,30 @@ impl Tree {
         self.p(self.t(vid).pvid)
     }
 
-    /// Threads still alive.
-    pub fn live(&self) -> impl Iterator<Item = &Thread> {
-        self.threads.iter().filter(|t| t.at != At::Dead)
+    /// Threads still alive, in vid order.
+    pub fn live(&self) -> impl Iterator<Item = &Thread> + Clone {
+        self.alive.iter().map(|&v| &self.threads[v as usize]).filter(|t| t.at != At::Dead)
+    }
+
+    /// Vids of the threads still alive, in order (for loops that change them).
+    pub fn live_vids(&self) -> Vec<Vid> {
+        self.live().map(|t| t.vid).collect()
+    }
+
+    /// Processes not exited, in pvid order.
+    pub fn live_procs(&self) -> impl Iterator<Item = &Proc> + Clone {
+        self.running.iter().map(|&p| &self.procs[p as usize]).filter(|p| !p.exited)
+    }
+
+    /// Pvids of the processes not exited, in order.
+    pub fn live_pvids(&self) -> Vec<Pvid> {
+        self.live_procs().map(|p| p.pvid).collect()
     }
 
     /// True when some thread's transition is still in flight: born but not
     /// yet stopped, or expected to exit but not yet reported.
     pub fn unsettled(&self) -> bool {
-        self.threads.iter().any(|t| t.at == At::Unborn || (t.dying && t.at != At::Dead))
+        self.live().any(|t| t.at == At::Unborn || t.dying)
     }
 
     /// A short name for messages: `pid 2 (nginx) thread 3`.
@@ -249,6 +300,47 @@ impl Tree {
 
     /// Host tid of a namespace pid, if the process is ours.
     pub fn host_of_nspid(&self, nspid: i32) -> Option<&Proc> {
-        self.procs.iter().find(|p| p.nspid == nspid && !p.exited)
+        self.live_procs().find(|p| p.nspid == nspid)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Host tids above any pid_max, so no pidfd is opened for them.
+    const T: i32 = 5_000_000;
+
+    #[test]
+    fn the_dead_leave_the_scans_and_their_tids_name_nobody() {
+        let mut tree = Tree::default();
+        let root = tree.add(T, 1, None, true);
+        let worker = tree.add(T + 1, 2, Some(0), true);
+        let thread = tree.add(T + 2, 3, Some(1), false);
+        let child = tree.add(T + 3, 4, Some(1), true);
+        assert_eq!(tree.live_vids(), [root, worker, thread, child]);
+        tree.mark_dead(child);
+        tree.mark_exited(tree.t(child).pvid);
+        assert_eq!(tree.live_vids(), [root, worker, thread], "vid order kept");
+        assert_eq!(tree.live_pvids(), [0, 1]);
+        assert_eq!(tree.vid_of(T + 3), None, "a reaped thread's tid is free for a new thread");
+        assert_eq!(tree.t(child).at, At::Dead, "its record stays, at its vid");
+        // The kernel hands the tid to a new thread of the tree.
+        let reused = tree.add(T + 3, 5, Some(1), true);
+        assert_eq!(tree.vid_of(T + 3), Some(reused));
+        assert!(tree.host_of_nspid(4).is_none() && tree.host_of_nspid(5).is_some());
+        assert!(tree.unsettled(), "the new thread is unborn");
+    }
+
+    #[test]
+    fn an_exec_that_takes_the_leaders_tid_keeps_it_for_the_execer() {
+        let mut tree = Tree::default();
+        let leader = tree.add(T, 1, None, true);
+        let execer = tree.add(T + 1, 2, Some(0), false);
+        tree.mark_dead(leader);
+        tree.retid(execer, T);
+        assert_eq!(tree.vid_of(T), Some(execer));
+        assert_eq!(tree.vid_of(T + 1), None);
+        assert_eq!(tree.live_vids(), [execer]);
     }
 }

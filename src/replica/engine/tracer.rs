@@ -142,7 +142,7 @@ impl Supervisor {
             && let Some(execer) = self.tree.vid_of(old)
         {
             // A non-leader thread exec'd and took over the leader's tid.
-            self.tree.tm(vid).at = At::Dead;
+            self.tree.mark_dead(vid);
             self.tree.retid(execer, tid);
             vid = execer;
         }
@@ -153,10 +153,8 @@ impl Supervisor {
             }
         }
         self.fds.forget_process(pvid);
-        if let Some(parent) = self.tree.threads.iter().find(|t| t.vfork_parent.is_some() && t.vid == vid).map(|t| t.vid)
-        {
-            self.tree.tm(parent).vfork_parent = None;
-        }
+        // The exec ends a vfork: the child no longer holds its parent.
+        self.tree.tm(vid).vfork_parent = None;
         if self.recording() {
             let (exe, digest) = exe_digest(tid)?;
             let random = rewrite_auxv(tid, None)?;
@@ -225,8 +223,8 @@ impl Supervisor {
         self.tree.exits.insert(vid, how);
         let pvid = self.tree.t(vid).pvid;
         {
+            self.tree.mark_dead(vid);
             let t = self.tree.tm(vid);
-            t.at = At::Dead;
             t.sched = Sched::Idle;
             t.dying = false;
         }
@@ -249,8 +247,8 @@ impl Supervisor {
             self.recheck_futex_words(pvid);
         }
         if threads.iter().all(|&o| self.tree.t(o).at == At::Dead) {
+            self.tree.mark_exited(pvid);
             let p = self.tree.pm(pvid);
-            p.exited = true;
             p.pidfd = None;
             p.itimer = None;
             self.fds.forget_process(pvid);

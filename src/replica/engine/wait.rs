@@ -78,11 +78,11 @@ impl Supervisor {
 
     /// The earliest deadline among blocked threads and interval timers.
     pub fn next_deadline(&self) -> Option<i64> {
-        let threads = self.tree.threads.iter().filter_map(|t| match &t.sched {
+        let threads = self.tree.live().filter_map(|t| match &t.sched {
             Sched::Blocked(w) => deadline_of(w),
             _ => None,
         });
-        let timers = self.tree.procs.iter().filter(|p| !p.exited).filter_map(|p| p.itimer.map(|(d, _)| d));
+        let timers = self.tree.live_procs().filter_map(|p| p.itimer.map(|(d, _)| d));
         threads.chain(timers).min()
     }
 
@@ -91,8 +91,7 @@ impl Supervisor {
         let now = sfd::clock_ns(libc::CLOCK_MONOTONIC);
         let due: Vec<Vid> = self
             .tree
-            .threads
-            .iter()
+            .live()
             .filter(|t| matches!(&t.sched, Sched::Blocked(w) if deadline_of(w).is_some_and(|d| d <= now)))
             .map(|t| t.vid)
             .collect();
@@ -106,13 +105,8 @@ impl Supervisor {
     /// Fires expired ITIMER_REAL timers as SIGALRM.
     pub fn fire_timers(&mut self) -> Result<()> {
         let now = sfd::clock_ns(libc::CLOCK_MONOTONIC);
-        let due: Vec<Pvid> = self
-            .tree
-            .procs
-            .iter()
-            .filter(|p| !p.exited && p.itimer.is_some_and(|(d, _)| d <= now))
-            .map(|p| p.pvid)
-            .collect();
+        let due: Vec<Pvid> =
+            self.tree.live_procs().filter(|p| p.itimer.is_some_and(|(d, _)| d <= now)).map(|p| p.pvid).collect();
         for p in due {
             let (d, interval) = self.tree.p(p).itimer.unwrap_or((now, 0));
             self.tree.pm(p).itimer = if interval > 0 {
@@ -142,8 +136,7 @@ impl Supervisor {
     pub fn futex_wake(&mut self, key: FutexKey, n: u32, bitset: u32) -> u32 {
         let mut waiters: Vec<(u64, Vid)> = self
             .tree
-            .threads
-            .iter()
+            .live()
             .filter(|t| matches!(&t.sched, Sched::Blocked(Wait::Futex { key: k, bitset: b, .. }) if *k == key && b & bitset != 0))
             .map(|t| (t.blocked_seq, t.vid))
             .collect();
@@ -161,11 +154,11 @@ impl Supervisor {
     /// Moves up to `n` waiters from `from` to `to` (FUTEX_REQUEUE).
     pub fn futex_requeue(&mut self, from: FutexKey, to: FutexKey, n: u32) -> u32 {
         let mut moved = 0;
-        for t in self.tree.threads.iter_mut() {
+        for vid in self.tree.live_vids() {
             if moved >= n {
                 break;
             }
-            if let Sched::Blocked(Wait::Futex { key, .. }) = &mut t.sched
+            if let Sched::Blocked(Wait::Futex { key, .. }) = &mut self.tree.tm(vid).sched
                 && *key == from
             {
                 *key = to;
@@ -185,8 +178,7 @@ impl Supervisor {
         let tid = self.tree.t(reader).tid;
         let parked: Vec<(Vid, u64, u32)> = self
             .tree
-            .threads
-            .iter()
+            .live()
             .filter(|t| t.pvid == pvid)
             .filter_map(|t| match t.sched {
                 Sched::Blocked(Wait::Futex { addr, val, .. }) => Some((t.vid, addr, val)),

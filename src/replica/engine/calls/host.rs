@@ -359,7 +359,7 @@ fn stat_at(s: &mut Supervisor, ctx: &Ctx, dirfd: i32, path: u64, out: u64, flags
 }
 
 fn host_tid(s: &Supervisor, nstid: i32) -> Option<i32> {
-    s.tree.threads.iter().find(|t| t.nstid == nstid && t.at != super::super::threads::At::Dead).map(|t| t.tid)
+    s.tree.live().find(|t| t.nstid == nstid).map(|t| t.tid)
 }
 
 fn owned_fd(fd: i64) -> OwnedFd {

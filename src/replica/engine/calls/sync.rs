@@ -162,16 +162,27 @@ pub fn record_futex(s: &mut Supervisor, ctx: &Ctx) -> Result<Outcome> {
 }
 
 /// Whether process `pvid` has a child that `wait4(pid, ...)` could reap now,
-/// or no children at all (the call fails at once with ECHILD).
-fn wait_ready(s: &Supervisor, pvid: Pvid, pid: i32) -> bool {
-    let kids: Vec<_> = s
-        .tree
-        .procs
-        .iter()
-        .filter(|p| p.parent == Some(pvid) && std::path::Path::new(&format!("/proc/{}", p.tgid)).exists())
-        .filter(|p| pid <= 0 || p.nspid == pid)
-        .collect();
+/// or no children at all (the call fails at once with ECHILD). A child
+/// whose threads all exited is a zombie until its parent reaps it; once
+/// its zombie is gone it is dropped from the parent's list for good.
+fn wait_ready(s: &mut Supervisor, pvid: Pvid, pid: i32) -> bool {
+    let parent_tgid = s.tree.p(pvid).tgid;
+    let kids = std::mem::take(&mut s.tree.pm(pvid).children);
+    let kids: Vec<Pvid> =
+        kids.into_iter().filter(|&k| !s.tree.p(k).exited || is_zombie_of(s.tree.p(k).tgid, parent_tgid)).collect();
+    s.tree.pm(pvid).children = kids;
+    let kids: Vec<&super::super::threads::Proc> =
+        s.tree.p(pvid).children.iter().map(|&k| s.tree.p(k)).filter(|p| pid <= 0 || p.nspid == pid).collect();
     kids.is_empty() || kids.iter().any(|p| p.exited)
+}
+
+/// Whether `tgid` is still a zombie child of `parent` (not reaped, and not
+/// a reused pid).
+fn is_zombie_of(tgid: i32, parent: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{tgid}/stat")) else { return false };
+    // "pid (comm) S ppid ...": comm may hold spaces and parentheses.
+    let mut rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("").split_whitespace();
+    rest.next() == Some("Z") && rest.next().and_then(|p| p.parse::<i32>().ok()) == Some(parent)
 }
 
 pub fn record_wait(s: &mut Supervisor, ctx: &Ctx) -> Result<Outcome> {
@@ -191,7 +202,7 @@ pub fn record_wait(s: &mut Supervisor, ctx: &Ctx) -> Result<Outcome> {
 /// and the call is answered when this one runs again.
 pub fn record_yield(s: &mut Supervisor, ctx: &Ctx) -> Result<Outcome> {
     let t = s.tree.t(ctx.vid);
-    if t.yielded || !s.tree.threads.iter().any(|o| o.vid != ctx.vid && o.sched == super::super::threads::Sched::Ready) {
+    if t.yielded || !s.tree.live().any(|o| o.vid != ctx.vid && o.sched == super::super::threads::Sched::Ready) {
         return Ok(Outcome::Done(Done::ret(0)));
     }
     s.tree.tm(ctx.vid).yielded = true;
@@ -355,7 +366,8 @@ pub fn record_kill(s: &mut Supervisor, ctx: &Ctx) -> Result<Outcome> {
         _ => 0,
     };
     let tkill = ctx.nr as i64 == libc::SYS_tkill;
-    for p in s.tree.procs.iter_mut().filter(|p| !p.exited) {
+    for pvid in s.tree.live_pvids() {
+        let p = s.tree.pm(pvid);
         // tkill names a thread, not a process: check every process.
         let hit = target <= 0 || tkill || p.nspid == target;
         if hit {
