@@ -101,6 +101,16 @@ fn push(q: &mut Vec<Queued>, item: Queued) {
     q.push(item);
 }
 
+/// Queues a signal seen pending in the kernel, once: the kernel's mask says
+/// only that some instance is pending, and the scan that reads it runs
+/// every 100 ms while the signal stays blocked (a real-time signal would
+/// otherwise gain ten entries a second).
+fn adopt(q: &mut Vec<Queued>, sig: i32, shared: bool) {
+    if !q.iter().any(|x| x.sig == sig && x.info.is_none()) {
+        push(q, Queued { sig, info: None, shared });
+    }
+}
+
 /// A siginfo as `kill` from outside the namespace produces it (si_pid 0).
 pub fn user_info(sig: i32, code: i32) -> [u8; 128] {
     let mut i = [0u8; 128];
@@ -235,14 +245,14 @@ impl Supervisor {
                 shared |= m.shared;
                 for sig in 1..=64 {
                     if m.pending & bit(sig) != 0 {
-                        push(self.sigq.thread.entry(v).or_default(), Queued { sig, info: None, shared: false });
+                        adopt(self.sigq.thread.entry(v).or_default(), sig, false);
                     }
                 }
             }
             for sig in 1..=64 {
                 let pending_dup = self.sigq.swallow.get(&(pvid, sig)).is_some_and(|&n| n > 0);
                 if shared & bit(sig) != 0 && !pending_dup {
-                    push(self.sigq.process.entry(pvid).or_default(), Queued { sig, info: None, shared: true });
+                    adopt(self.sigq.process.entry(pvid).or_default(), sig, true);
                 }
             }
             self.wake_for_signals(pvid);
@@ -302,6 +312,17 @@ mod tests {
         push(&mut q, q0(40));
         assert_eq!(q.iter().filter(|x| x.sig == libc::SIGCHLD).count(), 1);
         assert_eq!(q.iter().filter(|x| x.sig == 40).count(), 2);
+    }
+
+    #[test]
+    fn a_signal_seen_pending_is_adopted_once_however_often_the_scan_sees_it() {
+        let mut q = vec![Queued { sig: 40, info: Some([0; 128]), shared: false }];
+        for _ in 0..10 {
+            adopt(&mut q, 40, false);
+            adopt(&mut q, libc::SIGUSR1, true);
+        }
+        assert_eq!(q.iter().filter(|x| x.sig == 40).count(), 2, "the sent one and one adopted");
+        assert_eq!(q.iter().filter(|x| x.sig == libc::SIGUSR1).count(), 1);
     }
 
     #[test]
