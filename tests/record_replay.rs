@@ -478,3 +478,33 @@ fn a_cut_log_replays_then_goes_live() {
     assert_eq!(stdout, expected, "every step after the cut ran exactly once, clocks monotonic");
     assert!(text(&live.stderr).contains("now runs live"), "{}", text(&live.stderr));
 }
+
+#[test]
+fn accept_at_the_descriptor_limit_fails_and_leaves_the_connection_queued() {
+    let p = prog("acceptlimit");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("limit.log");
+    let port = free_port();
+    let rec = record_bg(&log, &[], &[p.to_str().expect("utf8"), &port.to_string()]);
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    let mut s = loop {
+        match TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => break s,
+            Err(e) if std::time::Instant::now() < until => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("connect: {e}"),
+        }
+    };
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let mut got = String::new();
+    s.read_to_string(&mut got).expect("read");
+    assert_eq!(got, "hello from the limit\n", "the connection queued at EMFILE is the one accepted later");
+    let out = rec.wait(Duration::from_secs(30));
+    let o = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{o}{}", text(&out.stderr));
+    assert!(o.contains("accept at the limit: Too many open files"), "{o}");
+    assert!(o.contains("accepted after a close"), "{o}");
+    assert_replays(&log);
+}
