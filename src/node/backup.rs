@@ -327,11 +327,13 @@ impl Node {
                     Ok((report, failed)) => {
                         if let Ok(mut s) = shared.status.lock() {
                             s.takeover_ms = Some(started.elapsed().as_secs_f64() * 1e3);
-                            s.notes.extend(failed);
                         }
+                        // Each failure was noted by take_over (status keeps
+                        // the last 20 notes, the log all of them).
                         tracing::info!(
-                            "takeover: {} connections in {:.1} ms (build {:.1} ms, VIP {:.1} ms, ARP {:.1} ms, release {:.1} ms)",
+                            "takeover: {} connections ({} could not be rebuilt) in {:.1} ms (build {:.1} ms, VIP {:.1} ms, ARP {:.1} ms, release {:.1} ms)",
                             report.connections,
+                            failed.len(),
                             report.total_ns as f64 / 1e6,
                             report.build_ns as f64 / 1e6,
                             report.vip_ns as f64 / 1e6,

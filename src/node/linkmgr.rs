@@ -7,7 +7,10 @@
 //! - only the writer thread writes to a session's socket; the reader thread
 //!   never blocks on the sender's lock while reading the socket;
 //! - every frame the backup accepts is acknowledged (the ack carries the
-//!   highest contiguous position received and how far its engine applied).
+//!   highest contiguous position received and how far its engine applied);
+//! - a refusal repeated by the peer (a primary that went on alone refuses
+//!   its old backup forever) is said once and retried with a growing pause
+//!   (up to [`MAX_RETRY`]), never 5 times a second for days.
 
 use super::heartbeat::Heartbeats;
 use super::shared::{NodeEvent, Shared};
@@ -16,7 +19,26 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// The longest pause between two handshakes the peer refused.
+pub const MAX_RETRY: Duration = Duration::from_secs(10);
+
+/// Says a repeated condition at most once a minute (the first time at
+/// once); the rest go to the debug log.
+#[derive(Default)]
+struct Once(Option<Instant>);
+
+impl Once {
+    fn note(&mut self, shared: &Shared, text: String) {
+        if self.0.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+            self.0 = Some(Instant::now());
+            shared.note(text);
+        } else {
+            tracing::debug!("{text}");
+        }
+    }
+}
 
 /// What the node does with each verified frame (role-specific).
 pub type OnFrame = Arc<dyn Fn(&Shared, Frame) + Send + Sync>;
@@ -53,21 +75,25 @@ fn accept_loop(
         }
     };
     tracing::info!("link: listening on {addr}");
+    let (mut retired_said, mut stranger_said) = (Once::default(), Once::default());
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };
         if shared.link.retired.load(Ordering::Acquire) {
             // Dropping the stream closes it: the backup sees the refusal.
-            shared.note(
+            retired_said.note(
+                shared,
                 "link: refused a backup: this primary went on alone (restart the pair to protect it again)".into(),
             );
             continue;
         }
         let peer = stream.peer_addr().map(|a| a.ip()).ok();
         if peer != Some(shared.cfg.node.peer_link.ip()) {
-            shared.note(format!("link: refused a connection from {peer:?}: not the configured peer"));
+            stranger_said.note(shared, format!("link: refused a connection from {peer:?}: not the configured peer"));
             continue;
         }
-        session(shared, key, hello, hb, on_frame, receiver, stream, Side::Responder);
+        if let Err(e) = session(shared, key, hello, hb, on_frame, receiver, stream, Side::Responder) {
+            tracing::warn!("link: handshake with {peer:?} failed: {e}");
+        }
     }
 }
 
@@ -80,6 +106,8 @@ fn dial_loop(
     receiver: &Arc<Mutex<Option<Receiver>>>,
 ) {
     let mut quiet = 0u32;
+    let mut refused = Once::default();
+    let mut pause = Duration::from_millis(200);
     loop {
         if shared.role() == crate::link::Role::Primary || shared.link.retired.load(Ordering::Acquire) {
             // Promoting or promoted: a backup no longer dials its old primary.
@@ -88,7 +116,16 @@ fn dial_loop(
         match connect_from(shared.cfg.node.link, shared.cfg.node.peer_link) {
             Ok(stream) => {
                 quiet = 0;
-                session(shared, key, hello, hb, on_frame, receiver, stream, Side::Initiator);
+                match session(shared, key, hello, hb, on_frame, receiver, stream, Side::Initiator) {
+                    Ok(()) => {
+                        refused = Once::default();
+                        pause = Duration::from_millis(200);
+                    }
+                    Err(e) => {
+                        refused.note(shared, format!("link: handshake with {} failed: {e}", shared.cfg.node.peer_link));
+                        pause = (pause * 2).min(MAX_RETRY);
+                    }
+                }
             }
             Err(e) => {
                 if quiet.is_multiple_of(25) {
@@ -97,7 +134,7 @@ fn dial_loop(
                 quiet += 1;
             }
         }
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(pause);
     }
 }
 
@@ -118,10 +155,10 @@ fn session(
     slot: &Arc<Mutex<Option<Receiver>>>,
     stream: TcpStream,
     side: Side,
-) {
-    let Some(mut receiver) = slot.lock().ok().and_then(|mut r| r.take()) else { return };
+) -> Result<(), LinkError> {
+    let Some(mut receiver) = slot.lock().ok().and_then(|mut r| r.take()) else { return Ok(()) };
     let est = {
-        let Ok(mut sender) = shared.link.sender.lock() else { return };
+        let Ok(mut sender) = shared.link.sender.lock() else { return Ok(()) };
         establish(stream, side, key, hello, &mut sender, &mut receiver, Duration::from_secs(5))
     };
     let est = match est {
@@ -130,12 +167,11 @@ fn session(
             shared.event(NodeEvent::Refused(diff));
             put_back(slot, receiver);
             std::thread::sleep(Duration::from_secs(3));
-            return;
+            return Ok(());
         }
         Err(e) => {
-            tracing::warn!("link: handshake failed: {e}");
             put_back(slot, receiver);
-            return;
+            return Err(e);
         }
     };
     if est.superseded && shared.role() == crate::link::Role::Backup && est.peer.role == crate::link::Role::Primary {
@@ -232,6 +268,7 @@ fn session(
     }
     put_back(slot, receiver);
     shared.event(NodeEvent::LinkDown(why));
+    Ok(())
 }
 
 fn put_back(slot: &Arc<Mutex<Option<Receiver>>>, r: Receiver) {
