@@ -4,7 +4,7 @@
 One isolated topology (netns-scripts/topo). ftnet up on a (primary) and b
 (backup) serving redis; one client connection stays open the whole time,
 while a client opens short connections as fast as the pair answers (connect,
-INCR, read the reply, close) for --seconds. Every --every seconds the
+INCR, QUIT, read until the server closes) for --seconds. Every --every seconds the
 driver samples each daemon's resident memory (VmRSS of the `ftnet up`
 process, not the replica) and CPU seconds, and b's `connections_tracked`.
 At the end host a is killed; the open connection must answer from b.
@@ -41,8 +41,13 @@ n = errors = 0
 last = time.time()
 while not os.path.exists(stop):
     try:
+        # INCR, then QUIT: the server closes first, so TIME_WAIT stays on
+        # the server and the client's ports never run out.
         s = socket.create_connection((host, 6379), timeout=10)
         incr(s)
+        s.sendall(b"QUIT\r\n")
+        while s.recv(64):
+            pass
         s.close()
         n += 1
     except OSError as e:
