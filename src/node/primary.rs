@@ -286,6 +286,10 @@ impl Node {
         self.shared.set_state("alone");
     }
 
+    /// Waits until the backup acknowledged everything sent, we went alone,
+    /// or the backup is heard promoted (a backup stops acknowledging once it
+    /// decides to promote, so the last acks may never come); false after
+    /// `limit`.
     pub(super) fn wait_acked(&self, limit: Duration) -> bool {
         let until = Instant::now() + limit;
         while Instant::now() < until {
@@ -294,6 +298,10 @@ impl Node {
                 Err(_) => return false,
             };
             if acked >= pos || self.shared.link.solo.load(Ordering::Acquire) {
+                return true;
+            }
+            if let Some(epoch) = self.replaced_by_heartbeat() {
+                tracing::info!("the backup is live at epoch {epoch}: no more acknowledgements will come");
                 return true;
             }
             std::thread::sleep(Duration::from_millis(5));
