@@ -243,18 +243,21 @@ pub fn gate_install(vip: Ipv4Addr, valid_for: Duration) -> Result<(), VipError> 
     ))
 }
 
-/// Extends [`gate_install`]'s lease to `valid_for` from now (adding an
-/// element that exists sets its timeout afresh).
+/// Sets [`gate_install`]'s lease to end `valid_for` from now, longer or
+/// shorter than before.
 pub fn gate_renew(vip: Ipv4Addr, valid_for: Duration) -> Result<(), VipError> {
     nft(&lease_element(vip, valid_for))
 }
 
 /// The nft line that (re)adds the gate's element, empty when less than a
-/// millisecond is left (the gate then drops everything).
+/// millisecond is left (the gate then drops everything). It names the
+/// expiry as well as the timeout: re-adding an element with the timeout it
+/// already has leaves its expiry where it was (measured on 6.18), which
+/// would close the gate in the middle of a renewed lease.
 fn lease_element(vip: Ipv4Addr, valid_for: Duration) -> String {
     match valid_for.as_millis() {
         0 => String::new(),
-        ms => format!("add element ip {FENCE_TABLE} lease {{ {vip} timeout {ms}ms }}\n"),
+        ms => format!("add element ip {FENCE_TABLE} lease {{ {vip} timeout {ms}ms expires {ms}ms }}\n"),
     }
 }
 
@@ -338,7 +341,7 @@ mod tests {
         let vip = Ipv4Addr::new(10, 77, 0, 100);
         assert_eq!(
             lease_element(vip, Duration::from_micros(250_900)),
-            "add element ip ftnet_fence lease { 10.77.0.100 timeout 250ms }\n"
+            "add element ip ftnet_fence lease { 10.77.0.100 timeout 250ms expires 250ms }\n"
         );
         assert_eq!(lease_element(vip, Duration::from_micros(999)), "", "under a ms left: no element, all dropped");
     }

@@ -68,6 +68,10 @@ pub(super) struct Node {
     pub(super) cut_off_since: Option<Instant>,
 }
 
+/// The longest an `nft` call setting the output gate may take before the
+/// gate could outlive the lease (see `Node::refresh_gate`).
+pub(super) const GATE_SLACK: Duration = Duration::from_millis(20);
+
 /// What the main loop knows of the kernel's output gate
 /// (`crate::net::vip::gate_install`).
 #[derive(Default)]
@@ -345,28 +349,53 @@ impl Node {
     /// A node serving without output commit and with a lease: hands each
     /// renewal to the kernel's output gate (installing it the first time),
     /// so output stops at the lease's deadline even if this loop does not
-    /// run. The kernel's timer starts a few ms after the deadline was read
-    /// (the `nft` call); the witness's margin and its one-TTL wait before a
-    /// new history cover that.
+    /// run. The kernel counts from when the `nft` call commits, a few ms
+    /// after the lease was read; the witness's margin and its one-TTL wait
+    /// before a new history cover up to [`GATE_SLACK`]. A call that took
+    /// longer (the node stalled in it) could leave the gate open past the
+    /// lease, so it is done again with what is left then, and if that
+    /// overruns too the node fences itself until the next renewal.
     pub(super) fn refresh_gate(&mut self, vip: &crate::net::vip::Vip) {
-        let Some(lease) = &self.lease else { return };
+        let Some(lease) = self.lease.clone() else { return };
         if self.commit.is_some() {
             return;
         }
-        let (left, until) = lease.valid_for();
+        let (_, until) = lease.valid_for();
         if (self.gate.installed || self.gate.failing) && until <= self.gate.tried_until {
             return;
         }
-        let r = if self.gate.installed {
-            crate::net::vip::gate_renew(vip.addr, left)
-        } else {
-            crate::net::vip::gate_install(vip.addr, left)
-        };
         self.gate.tried_until = until;
-        match r {
-            Ok(()) => {
-                self.gate.installed = true;
-                self.gate.failing = false;
+        // Ok(true): set in time; Ok(false): set, but late twice.
+        let mut outcome = Ok(false);
+        for _ in 0..2 {
+            let (left, _) = lease.valid_for();
+            let asked = Instant::now();
+            let r = if self.gate.installed {
+                crate::net::vip::gate_renew(vip.addr, left)
+            } else {
+                crate::net::vip::gate_install(vip.addr, left)
+            };
+            if let Err(e) = r {
+                outcome = Err(e);
+                break;
+            }
+            self.gate.installed = true;
+            if asked.elapsed() <= GATE_SLACK {
+                outcome = Ok(true);
+                break;
+            }
+            tracing::warn!("the output gate took {:?} to set: setting it again", asked.elapsed());
+        }
+        match outcome {
+            Ok(true) => self.gate.failing = false,
+            Ok(false) => {
+                // Install afresh at the next renewal; drop everything now.
+                if let Err(e) = crate::net::vip::fence_install(vip.addr) {
+                    self.shared.note(format!("fencing after a slow output gate: {e}"));
+                }
+                self.gate = Gate { installed: false, tried_until: until, failing: true };
+                self.shared
+                    .note("the output gate was set too late twice: output dropped until the next renewal".into());
             }
             Err(e) => {
                 if !self.gate.failing {
