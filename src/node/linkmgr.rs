@@ -132,6 +132,9 @@ fn dial_loop(
                     tracing::info!("link: connecting to {}: {e}", shared.cfg.node.peer_link);
                 }
                 quiet += 1;
+                // Nobody listens: not a refusal (a restarted primary is
+                // dialled again within 200 ms once it listens).
+                pause = Duration::from_millis(200);
             }
         }
         std::thread::sleep(pause);

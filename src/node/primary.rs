@@ -100,6 +100,11 @@ impl Node {
                 Some(NodeEvent::ReplicaExited(status)) => {
                     tracing::info!("the replica exited with status {status}; waiting for the backup to have it all");
                     self.wait_acked(Duration::from_secs(10));
+                    if let Some(epoch) = self.replaced_by_heartbeat() {
+                        shared.note(format!("a primary at epoch {epoch} is heard: we were replaced; stopping at once"));
+                        self.fence_and_die(&vip);
+                        return Ok(1);
+                    }
                     if let Ok(mut s) = shared.status.lock() {
                         s.replica_exit = Some(status);
                     }
