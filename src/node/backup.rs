@@ -388,10 +388,16 @@ fn on_frame_backup(shared: &Shared, feed: &Feed, f: crate::link::Frame) {
     }
 }
 
+/// A tracked connection silent this long that no socket of the replica
+/// refers to (open, or closed but still rebuildable) is forgotten: nothing
+/// would rebuild it. Far beyond the backup's bounded lag, so a connection
+/// the backup's replica is about to accept is never taken for one.
+const UNCLAIMED_AFTER: Duration = Duration::from_secs(120);
+
 /// Feeds the tracker what the replica consumed every 50 ms, and once a
 /// second forgets the connections that are done
-/// ([`crate::tcpstate::ExpiryPolicy::BACKUP`]), so a long-running pair keeps
-/// room for new ones.
+/// ([`crate::tcpstate::ExpiryPolicy::BACKUP`], [`UNCLAIMED_AFTER`]), so a
+/// long-running pair keeps room for new ones.
 fn spawn_tracker_sync(shared: Arc<Shared>) {
     let _ = std::thread::Builder::new().name("ftnet-tracker".into()).spawn(move || {
         let mut expired = Instant::now();
@@ -400,8 +406,22 @@ fn spawn_tracker_sync(shared: Arc<Shared>) {
             if expired.elapsed() >= Duration::from_secs(1) {
                 expired = Instant::now();
                 let now = sfd::clock_ns(libc::CLOCK_MONOTONIC).max(0) as u64;
+                // Lock order as in sync_tracker: live state, then tracker.
+                let claimed: std::collections::HashSet<crate::tcpstate::FourTuple> = shared
+                    .live
+                    .lock()
+                    .map(|l| {
+                        l.conns
+                            .values()
+                            .chain(&l.closed)
+                            .filter_map(|c| c.endpoints())
+                            .map(|(client, server)| crate::tcpstate::FourTuple { client, server })
+                            .collect()
+                    })
+                    .unwrap_or_default();
                 if let Ok(mut t) = shared.tracker.lock() {
                     t.expire(now, &crate::tcpstate::ExpiryPolicy::BACKUP);
+                    t.expire_unclaimed(now, UNCLAIMED_AFTER.as_nanos() as u64, |c| claimed.contains(c));
                 }
             }
             std::thread::sleep(Duration::from_millis(50));

@@ -277,6 +277,21 @@ impl Tracker {
         Some(conn)
     }
 
+    /// Removes the connections silent for `idle_ns` that `claimed` does not
+    /// claim, returning them. The backup uses it for connections no
+    /// replica socket refers to any more: a wire connection that never
+    /// ends cleanly (a peer that vanished while the server's FIN was out)
+    /// would otherwise stay forever, as idle connections are never expired.
+    pub fn expire_unclaimed(&mut self, now_ns: u64, idle_ns: u64, claimed: impl Fn(&FourTuple) -> bool) -> Vec<Conn> {
+        let done: Vec<FourTuple> = self
+            .conns
+            .values()
+            .filter(|c| now_ns.saturating_sub(c.last_seen_ns()) >= idle_ns && !claimed(&c.tuple()))
+            .map(Conn::tuple)
+            .collect();
+        done.iter().filter_map(|t| self.remove(t)).collect()
+    }
+
     /// Removes the connections `policy` says are done, returning them.
     pub fn expire(&mut self, now_ns: u64, policy: &ExpiryPolicy) -> Vec<Conn> {
         let age = |t: u64| now_ns.saturating_sub(t);

@@ -204,6 +204,21 @@ fn the_backup_policy_makes_room_for_new_connections_and_keeps_idle_ones() {
     assert_eq!(f.tracker.len(), 1);
 }
 
+#[test]
+fn unclaimed_connections_go_once_idle_claimed_ones_stay() {
+    let mut f = Flow::new(10, 20);
+    f.handshake();
+    // The server closed; its FIN is out but the client never answers.
+    f.outbound_raw(f.s_nxt, f.c_nxt, ACK | FIN, 500, b"");
+    let quiet = f.now;
+    assert!(f.tracker.expire(quiet + 86_400_000_000_000, &ExpiryPolicy::BACKUP).is_empty(), "never ended");
+    let tuple = f.tuple();
+    assert!(f.tracker.expire_unclaimed(quiet + 1_000, 1_000, |t| *t == tuple).is_empty(), "claimed");
+    assert!(f.tracker.expire_unclaimed(quiet + 999, 1_000, |_| false).is_empty(), "not idle long enough");
+    assert_eq!(f.tracker.expire_unclaimed(quiet + 1_000, 1_000, |_| false).len(), 1);
+    assert!(f.tracker.is_empty());
+}
+
 fn port_after(f: &Flow, n: u16) -> std::net::SocketAddrV4 {
     std::net::SocketAddrV4::new(*f.client.ip(), f.client.port() + n)
 }
