@@ -68,10 +68,6 @@ pub(super) struct Node {
     pub(super) cut_off_since: Option<Instant>,
 }
 
-/// The longest an `nft` call setting the output gate may take before the
-/// gate could outlive the lease (see `Node::refresh_gate`).
-pub(super) const GATE_SLACK: Duration = Duration::from_millis(20);
-
 /// What the main loop knows of the kernel's output gate
 /// (`crate::net::vip::gate_install`).
 #[derive(Default)]
@@ -350,11 +346,12 @@ impl Node {
     /// renewal to the kernel's output gate (installing it the first time),
     /// so output stops at the lease's deadline even if this loop does not
     /// run. The kernel counts from when the `nft` call commits, a few ms
-    /// after the lease was read; the witness's margin and its one-TTL wait
-    /// before a new history cover up to [`GATE_SLACK`]. A call that took
-    /// longer (the node stalled in it) could leave the gate open past the
-    /// lease, so it is done again with what is left then, and if that
-    /// overruns too the node fences itself until the next renewal.
+    /// after the lease was read, so the gate may outlive our view of the
+    /// lease by as long as the call took: half the witness's margin
+    /// (`crate::witness::margin`, 20 ms for a 400 ms lease) is allowed. A
+    /// call that took longer (the node stalled in it) is made again with
+    /// what is left then; if that is late too the node fences itself until
+    /// the next renewal (a short output pause, said once per streak).
     pub(super) fn refresh_gate(&mut self, vip: &crate::net::vip::Vip) {
         let Some(lease) = self.lease.clone() else { return };
         if self.commit.is_some() {
@@ -365,6 +362,8 @@ impl Node {
             return;
         }
         self.gate.tried_until = until;
+        let slack = crate::witness::margin(Duration::from_millis(self.shared.cfg.link.lease_ms)) / 2;
+        let was_failing = self.gate.failing;
         // Ok(true): set in time; Ok(false): set, but late twice.
         let mut outcome = Ok(false);
         for _ in 0..2 {
@@ -380,7 +379,7 @@ impl Node {
                 break;
             }
             self.gate.installed = true;
-            if asked.elapsed() <= GATE_SLACK {
+            if asked.elapsed() <= slack {
                 outcome = Ok(true);
                 break;
             }
@@ -394,11 +393,13 @@ impl Node {
                     self.shared.note(format!("fencing after a slow output gate: {e}"));
                 }
                 self.gate = Gate { installed: false, tried_until: until, failing: true };
-                self.shared
-                    .note("the output gate was set too late twice: output dropped until the next renewal".into());
+                if !was_failing {
+                    self.shared
+                        .note("the output gate was set too late twice: output dropped until the next renewal".into());
+                }
             }
             Err(e) => {
-                if !self.gate.failing {
+                if !was_failing {
                     self.shared.note(format!(
                         "the kernel's output gate on the lease ({e}): the main loop alone enforces the lease"
                     ));
