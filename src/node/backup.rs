@@ -407,21 +407,22 @@ fn spawn_tracker_sync(shared: Arc<Shared>) {
                 expired = Instant::now();
                 let now = sfd::clock_ns(libc::CLOCK_MONOTONIC).max(0) as u64;
                 // Lock order as in sync_tracker: live state, then tracker.
-                let claimed: std::collections::HashSet<crate::tcpstate::FourTuple> = shared
-                    .live
-                    .lock()
-                    .map(|l| {
+                // Without the replica's view (a poisoned lock) nothing counts
+                // as unclaimed.
+                let claimed: Option<std::collections::HashSet<crate::tcpstate::FourTuple>> =
+                    shared.live.lock().ok().map(|l| {
                         l.conns
                             .values()
                             .chain(&l.closed)
                             .filter_map(|c| c.endpoints())
                             .map(|(client, server)| crate::tcpstate::FourTuple { client, server })
                             .collect()
-                    })
-                    .unwrap_or_default();
+                    });
                 if let Ok(mut t) = shared.tracker.lock() {
                     t.expire(now, &crate::tcpstate::ExpiryPolicy::BACKUP);
-                    t.expire_unclaimed(now, UNCLAIMED_AFTER.as_nanos() as u64, |c| claimed.contains(c));
+                    if let Some(claimed) = claimed {
+                        t.expire_unclaimed(now, UNCLAIMED_AFTER.as_nanos() as u64, |c| claimed.contains(c));
+                    }
                 }
             }
             std::thread::sleep(Duration::from_millis(50));
