@@ -355,11 +355,7 @@ fn the_backup_forgets_ended_connections_and_keeps_idle_ones() {
     let go = p.path("go");
     let i =
         p.client_bg(&["python3", script.to_str().expect("utf8"), &VIP.to_string(), go.to_str().expect("utf8")], &out);
-    let until = std::time::Instant::now() + Duration::from_secs(20);
-    while !std::fs::read_to_string(&out).unwrap_or_default().contains("ready") {
-        assert!(std::time::Instant::now() < until, "client: {}", std::fs::read_to_string(&out).unwrap_or_default());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    p.wait_printed(&out, "ready", Duration::from_secs(20));
     std::thread::sleep(Duration::from_secs(1));
     let before = p.status(Host::B)["connections_tracked"].as_u64().expect("connections_tracked");
     assert!(before >= 41, "the backup tracks every connection it saw: {before}");

@@ -368,11 +368,7 @@ fn a_promoted_node_frozen_falls_silent_when_its_lease_runs_out() {
     let pcap = p.capture();
     let out = p.path("trickle.out");
     let i = p.client_bg(&["python3", "-c", TRICKLE, &VIP.to_string()], &out);
-    let until = std::time::Instant::now() + Duration::from_secs(20);
-    while !std::fs::read_to_string(&out).unwrap_or_default().contains("ready") {
-        assert!(std::time::Instant::now() < until, "client: {}", std::fs::read_to_string(&out).unwrap_or_default());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    p.wait_printed(&out, "ready", Duration::from_secs(20));
     std::thread::sleep(Duration::from_millis(200));
     let frozen_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs_f64();
     p.topo.freeze(Host::B);

@@ -174,6 +174,16 @@ cpu = {cpu}
 """)
 
 
+def work_dir(prefix):
+    """A fresh working directory (readable by the hosts) holding the pair's key."""
+    work = tempfile.mkdtemp(prefix=prefix)
+    os.chmod(work, 0o755)
+    with open(f"{work}/key", "wb") as f:
+        f.write(os.urandom(32))
+    os.chmod(f"{work}/key", 0o600)
+    return work
+
+
 def status(t, host):
     r = ex(t.name, host, FTNET, "status", "--json", "--socket", f"{t.work}/{host}.sock", check=False)
     try:
@@ -328,11 +338,7 @@ def main():
     if os.geteuid() != 0:
         sys.exit("bench/pair/run.py: run as root (namespaces, NFQUEUE, ptrace)")
     sh("cargo", "build", "--release", "--quiet", cwd=ROOT)
-    work = tempfile.mkdtemp(prefix="ftnet-bench-pair.")
-    os.chmod(work, 0o755)
-    with open(f"{work}/key", "wb") as f:
-        f.write(os.urandom(32))
-    os.chmod(f"{work}/key", 0o600)
+    work = work_dir("ftnet-bench-pair.")
     os.makedirs(f"{work}/files/www")
     sh("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "7", "-subj", "/CN=ftnet-bench", "-keyout", f"{work}/files/key.pem", "-out", f"{work}/files/cert.pem")
     with open(f"{work}/files/nginx.conf", "w") as f:

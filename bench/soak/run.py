@@ -19,7 +19,7 @@ Usage (as root): bench/soak/run.py [--seconds 180] [--every 10]
                  [--ftnet PATH]    # another build, e.g. an older commit's
 Writes the samples to bench/soak/last.json. Needs redis-server, python3.
 """
-import argparse, importlib.util, json, os, subprocess, sys, tempfile, time
+import argparse, importlib.util, json, os, subprocess, sys, time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -102,11 +102,7 @@ def main():
         pair.FTNET = os.path.abspath(a.ftnet)
     else:
         pair.sh("cargo", "build", "--release", "--quiet", cwd=ROOT)
-    work = tempfile.mkdtemp(prefix="ftnet-bench-soak.")
-    os.chmod(work, 0o755)
-    with open(f"{work}/key", "wb") as f:
-        f.write(os.urandom(32))
-    os.chmod(f"{work}/key", 0o600)
+    work = pair.work_dir("ftnet-bench-soak.")
     os.makedirs(f"{work}/files")
     with open(f"{work}/client.py", "w") as f:
         f.write(CLIENT)

@@ -415,6 +415,16 @@ cpu = 0
         self.bg.len() - 1
     }
 
+    /// Waits until the background client writing `out` has printed `text`;
+    /// panics with what it printed after `limit`.
+    pub fn wait_printed(&self, out: &Path, text: &str, limit: Duration) {
+        let until = Instant::now() + limit;
+        while !std::fs::read_to_string(out).unwrap_or_default().contains(text) {
+            assert!(Instant::now() < until, "client: {}", std::fs::read_to_string(out).unwrap_or_default());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn wait_bg(&mut self, i: usize, limit: Duration) -> Option<i32> {
         let until = Instant::now() + limit;
         while Instant::now() < until {
